@@ -1,0 +1,206 @@
+"""The unfolded convex-bounding network (Bias CB, Deep CB, Deep Attn CB).
+
+Layer ``k`` is one iteration of :func:`mne_unfolded_sbl.solver.cb_iteration`
+with learned log-domain corrections; the last layer is purely classical.
+With every correction at its zero initialisation the network reproduces the
+classical solver exactly.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .corrections import AttentionCorrection, BiasCorrection, MLPCorrection
+from .solver import CBState, cb_iteration, posterior_mean, prepare
+
+#: Correction families by model name.
+MODELS = ("cb", "bias-cb", "deep-cb", "deep-attn-cb")
+
+
+@dataclass
+class UnfoldedOutput:
+    """What :class:`UnfoldedSBL` returns.
+
+    ``gamma``/``lam`` are in the units of the input ``L`` and ``Cy``;
+    ``*_n`` are the normalised values the layers work on, with
+    ``gamma = gamma_n * y_scale^2 / l_scale^2`` and ``lam = lam_n * y_scale^2``.
+    """
+
+    gamma: torch.Tensor
+    lam: torch.Tensor
+    gamma_n: torch.Tensor
+    lam_n: torch.Tensor
+    L_n: torch.Tensor
+    l_scale: torch.Tensor
+    y_scale: torch.Tensor
+    trajectory: list = field(default_factory=list)
+
+    def posterior_mean(self, Y, layer=None):
+        """Posterior mean ``(B, N, T)`` in the units of ``Y`` / ``L``.
+
+        Parameters
+        ----------
+        Y : torch.Tensor, shape (B, M, T)
+            The data the statistics came from.
+        layer : int | None
+            Use the state after this layer (needs ``return_trajectory``);
+            None for the final state.
+        """
+        if layer is None:
+            g, lm = self.gamma_n, self.lam_n
+        else:
+            g, lm = self.trajectory[layer]["gamma"], self.trajectory[layer]["lam"]
+        Yn = Y.to(self.L_n.dtype) / self.y_scale.to(self.L_n.dtype)[:, None, None]
+        Xn = posterior_mean(self.L_n, g, lm, Yn)
+        scale = (self.y_scale / self.l_scale).to(Xn.dtype)[:, None, None]
+        return Xn * scale
+
+
+class UnfoldedLayer(nn.Module):
+    """One unfolded iteration with optional source and noise corrections."""
+
+    def __init__(self, source_correction=None, noise_correction=None):
+        super().__init__()
+        self.source_correction = source_correction
+        self.noise_correction = noise_correction
+
+    def forward(self, L, Cy, state, learn_noise, rel_threshold=None):
+        return cb_iteration(L, Cy, state, learn_noise, self.source_correction,
+                            self.noise_correction if learn_noise else None,
+                            rel_threshold)
+
+
+class UnfoldedSBL(nn.Module):
+    """Convex-bounding Champagne unfolded into ``n_layers`` trainable layers.
+
+    Parameters
+    ----------
+    n_layers : int
+        Number of layers ``K`` (iterations); the last one is classical.
+    model : "cb" | "bias-cb" | "deep-cb" | "deep-attn-cb"
+        Correction family. ``"cb"`` has none (the classical solver).
+    learn_noise : bool
+        Joint (gamma, lambda) learning if True, source-only (known noise)
+        if False.
+    n_sources, n_sensors : int | None
+        Required by ``"bias-cb"`` (its biases are per source and sensor).
+    hidden : int
+        Hidden width of the MLPs.
+    embed_dim, n_heads : int
+        Attention embedding size and heads (``"deep-attn-cb"``).
+    rel_threshold : float | None
+        Optional relative hard threshold after each source update.
+    noise_init : float
+        Initial noise variance as a fraction of the mean sensor power
+        (joint learning without an initial ``noise_var``).
+    """
+
+    def __init__(self, n_layers=25, model="cb", learn_noise=True, *,
+                 n_sources=None, n_sensors=None, hidden=32, embed_dim=16,
+                 n_heads=2, rel_threshold=None, noise_init=0.1):
+        super().__init__()
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        if int(n_layers) < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if model == "bias-cb" and (n_sources is None or
+                                   (learn_noise and n_sensors is None)):
+            raise ValueError("model='bias-cb' needs n_sources (and n_sensors "
+                             "when learn_noise=True).")
+        self.config = dict(n_layers=int(n_layers), model=model,
+                           learn_noise=bool(learn_noise), n_sources=n_sources,
+                           n_sensors=n_sensors, hidden=hidden,
+                           embed_dim=embed_dim, n_heads=n_heads,
+                           rel_threshold=rel_threshold, noise_init=noise_init)
+        self.model = model
+        self.learn_noise = bool(learn_noise)
+        self.rel_threshold = rel_threshold
+        self.noise_init = float(noise_init)
+        layers = [UnfoldedLayer(*self._make_corrections())
+                  for _ in range(int(n_layers) - 1)]
+        layers.append(UnfoldedLayer())  # last layer: purely classical
+        self.layers = nn.ModuleList(layers)
+        self.gradient_checkpointing = False
+
+    def _make_corrections(self):
+        c = self.config
+        if self.model == "cb":
+            return None, None
+        if self.model == "bias-cb":
+            return (BiasCorrection(c["n_sources"]),
+                    BiasCorrection(c["n_sensors"]) if self.learn_noise else None)
+        noise = MLPCorrection(c["hidden"]) if self.learn_noise else None
+        if self.model == "deep-cb":
+            return MLPCorrection(c["hidden"]), noise
+        return AttentionCorrection(c["embed_dim"], c["n_heads"], c["hidden"]), noise
+
+    @property
+    def n_layers(self):
+        return len(self.layers)
+
+    def forward(self, L, Cy, noise_var=None, *, n_layers=None,
+                return_trajectory=False):
+        """Run the unfolded solver.
+
+        Parameters
+        ----------
+        L : torch.Tensor, shape (M, N)
+            Lead field (whitened), in the network's dtype and device.
+        Cy : torch.Tensor, shape (B, M, M)
+            Data statistics (:func:`~mne_unfolded_sbl.solver.covariance_statistic`).
+        noise_var : torch.Tensor, shape (B, M) | (M,) | None
+            Known noise variances (source-only) or initial ones (joint), in
+            the units of ``Cy``. Required when ``learn_noise`` is False.
+        n_layers : int | None
+            Run only the first ``n_layers`` layers (the classical last layer
+            is skipped then); None runs all.
+        return_trajectory : bool
+            Keep per-layer normalised ``gamma``, ``lam``, corrections and cost.
+
+        Returns
+        -------
+        out : UnfoldedOutput
+        """
+        if not self.learn_noise and noise_var is None:
+            raise ValueError("This source-only network needs the known "
+                             "noise_var (learn_noise=False).")
+        prob = prepare(L, Cy, noise_var, self.noise_init)
+        L_n, Cy_n, state = prob.L_n, prob.Cy_n, prob.state
+        K = self.n_layers if n_layers is None else int(n_layers)
+        trajectory = []
+        for layer in self.layers[:K]:
+            if self.gradient_checkpointing and self.training:
+                state, sinfo, ninfo = self._checkpointed(layer, L_n, Cy_n, state)
+            else:
+                state, sinfo, ninfo = layer(L_n, Cy_n, state, self.learn_noise,
+                                            self.rel_threshold)
+            if return_trajectory:
+                trajectory.append(dict(
+                    gamma=state.gamma, lam=state.lam, cost=sinfo["cost"],
+                    delta_source=sinfo["delta"],
+                    delta_noise=None if ninfo is None else ninfo["delta"]))
+        gamma, lam = prob.to_input_units(state.gamma, state.lam)
+        return UnfoldedOutput(
+            gamma=gamma, lam=lam, gamma_n=state.gamma, lam_n=state.lam,
+            L_n=L_n, l_scale=prob.l_scale, y_scale=prob.y_scale,
+            trajectory=trajectory)
+
+    def _checkpointed(self, layer, L_n, Cy_n, state):
+        def run(gamma, lam, S):
+            new, sinfo, ninfo = layer(L_n, Cy_n, CBState(gamma, lam, S),
+                                      self.learn_noise, self.rel_threshold)
+            return new.gamma, new.lam, new.S, sinfo["cost"]
+
+        g, lm, S, cost = checkpoint(run, state.gamma, state.lam, state.S,
+                                    use_reentrant=False)
+        return CBState(g, lm, S), dict(cost=cost, delta=None), None
+
+
+def classical_network(n_layers=25, learn_noise=True, **kwargs):
+    """The untrained (classical) unfolded solver, ``model="cb"``."""
+    return UnfoldedSBL(n_layers, "cb", learn_noise, **kwargs)
+
+
+__all__ = ["UnfoldedSBL", "UnfoldedOutput", "MODELS", "classical_network"]

@@ -1,0 +1,162 @@
+"""Pretrained weights: registry, hash-checked loading, saving.
+
+Weights are safetensors files whose metadata carries the network config
+(``"config"``, JSON) and the training record (``"card"``, JSON).  Bundled
+files live in the ``mne_unfolded_sbl.pretrained`` package (the repository's
+``pretrained/`` folder) and are listed with their sha256 in
+``pretrained/registry.json``.  Loading goes through :mod:`pooch`: a bundled
+file is hash-checked in place; a registry entry with a ``url`` and no
+bundled file is downloaded into pooch's cache and checked the same way.
+"""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pooch
+import torch
+from mne.utils import _validate_type, logger
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .network import MODELS, UnfoldedSBL
+
+REGISTRY_FILE = "registry.json"
+DEFAULT_N_LAYERS = 25
+
+
+def _bundled_dir():
+    return Path(str(resources.files("mne_unfolded_sbl.pretrained")))
+
+
+def registry():
+    """Return the registry of pretrained weights (name -> entry dict)."""
+    path = _bundled_dir() / REGISTRY_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def registry_key(model, learn_noise):
+    """Registry name of a model family and setting, e.g. ``deep-cb_joint``."""
+    return f"{model}_{'joint' if learn_noise else 'source'}"
+
+
+def fetch_weights(key):
+    """Return the local path of registered weights, checking their sha256.
+
+    Raises
+    ------
+    ValueError
+        If no such weights are registered, or the file's hash does not match.
+    """
+    reg = registry()
+    if key not in reg:
+        raise ValueError(
+            f"No pretrained weights named {key!r} are registered in this "
+            f"version (available: {sorted(reg) or 'none'}). Use model='cb' "
+            "(the classical solver), or train weights with "
+            "`mne-unfolded-sbl train` and pass model='<path/to/weights>.safetensors'."
+        )
+    entry = reg[key]
+    known = f"sha256:{entry['sha256']}"
+    bundled = _bundled_dir() / entry["file"]
+    if bundled.is_file():
+        actual = pooch.file_hash(str(bundled), alg="sha256")
+        if actual != entry["sha256"]:
+            raise ValueError(
+                f"The bundled weights file {bundled} is corrupted or was "
+                f"modified: sha256 {actual} does not match the registry "
+                f"({entry['sha256']}). Reinstall mne-unfolded-sbl."
+            )
+        return bundled
+    if not entry.get("url"):
+        raise ValueError(f"Weights {key!r} are neither bundled nor downloadable.")
+    try:
+        return Path(pooch.retrieve(entry["url"], known_hash=known,
+                                   fname=entry["file"],
+                                   path=pooch.os_cache("mne-unfolded-sbl")))
+    except ValueError as err:  # pooch's hash mismatch
+        raise ValueError(f"Downloaded weights {key!r} failed the sha256 "
+                         f"check: {err}") from None
+
+
+def save_model(net, fname, card=None):
+    """Save a network's weights, config and training record (safetensors)."""
+    state = {k: v.detach().to("cpu").contiguous()
+             for k, v in net.state_dict().items()}
+    meta = {"config": json.dumps(net.config), "card": json.dumps(card or {})}
+    save_file(state, str(fname), metadata=meta)
+    return Path(fname)
+
+
+def read_metadata(fname):
+    """Return ``(config, card)`` stored in a weights file."""
+    with safe_open(str(fname), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{fname} is not a mne-unfolded-sbl weights file "
+                         "(no 'config' in its metadata).")
+    return json.loads(meta["config"]), json.loads(meta.get("card", "{}"))
+
+
+def load_weights(fname):
+    """Build an :class:`UnfoldedSBL` from a weights file."""
+    fname = Path(fname)
+    if not fname.is_file():
+        raise FileNotFoundError(f"Weights file not found: {fname}")
+    try:
+        config, _ = read_metadata(fname)
+        state = load_file(str(fname))
+    except Exception as err:  # safetensors raises its own error types
+        if isinstance(err, ValueError) and "mne-unfolded-sbl" in str(err):
+            raise
+        raise ValueError(f"Could not read weights file {fname}: it is "
+                         f"corrupted or not a safetensors file ({err}).") from None
+    net = UnfoldedSBL(**config)
+    net.load_state_dict(state)
+    return net.to(torch.float64 if state and next(iter(state.values())).dtype
+                  == torch.float64 else torch.float32)
+
+
+def load_model(model="deep-cb", learn_noise=True, n_layers=None):
+    """Return a ready network for a model name, a network or a weights path.
+
+    Parameters
+    ----------
+    model : str | UnfoldedSBL | path-like
+        ``"cb"``, ``"bias-cb"``, ``"deep-cb"``, ``"deep-attn-cb"``, an
+        :class:`~mne_unfolded_sbl.network.UnfoldedSBL` or a weights file.
+    learn_noise : bool
+        Joint (gamma, lambda) or source-only model.
+    n_layers : int | None
+        Depth; only the classical ``"cb"`` accepts a value other than the
+        trained depth.
+    """
+    _validate_type(model, (str, Path, UnfoldedSBL), "model")
+    if isinstance(model, str) and model in MODELS:
+        if model == "cb":
+            return UnfoldedSBL(n_layers or DEFAULT_N_LAYERS, "cb", learn_noise)
+        net = load_weights(fetch_weights(registry_key(model, learn_noise)))
+    elif isinstance(model, UnfoldedSBL):
+        net = model
+    elif isinstance(model, Path) or Path(model).suffix == ".safetensors":
+        net = load_weights(model)
+    else:
+        raise ValueError(
+            f"Unknown model {model!r}: use one of {MODELS}, an UnfoldedSBL "
+            "network or the path of a .safetensors weights file."
+        )
+    if net.learn_noise != learn_noise:
+        raise ValueError(
+            f"The {net.model} network was trained with learn_noise="
+            f"{net.learn_noise}, but learn_noise={learn_noise} was requested. "
+            f"Pass learn_noise={net.learn_noise} or the other model variant."
+        )
+    if n_layers is not None and int(n_layers) != net.n_layers:
+        raise ValueError(
+            f"The {net.model} network has {net.n_layers} trained layers; "
+            f"n_layers={n_layers} is only possible with model='cb'."
+        )
+    logger.debug(f"Loaded model {net.model} ({net.n_layers} layers)")
+    return net

@@ -1,0 +1,1 @@
+"""Bundled pretrained weights (package data) for mne-unfolded-sbl."""
