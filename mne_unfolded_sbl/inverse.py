@@ -9,11 +9,14 @@ source variances absorb depth.
 import numpy as np
 import torch
 import mne
-from mne.utils import _check_option, _validate_type, logger, verbose
+from mne.utils import _validate_type, logger, verbose
 
 from ._checks import (check_data_finite, check_device, check_dtype,
                       check_forward, check_noise_cov, pick_channels)
 from .pretrained import load_model
+
+# MNE's own helpers, as used by mne.inverse_sparse.gamma_map
+from mne.inverse_sparse.mxne_inverse import _compute_residual  # noqa: E402
 from .solver import covariance_statistic
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -29,16 +32,21 @@ def _prepare(inst, fwd, noise_cov, rank):
     check_noise_cov(noise_cov, ch_names)
     _check_reference(inst, ch_names)
     info = mne.pick_info(inst.info, [inst.ch_names.index(n) for n in ch_names])
-    fwd, gain, gain_info, whitener, _, _ = _prepare_gain(
+    fwd, gain, gain_info, whitener, source_weighting, _ = _prepare_gain(
         fwd, info, noise_cov, pca=False, depth=None, loose=0.0, rank=rank)
+    # MNE scales the whitened gain by a global factor (no depth weighting
+    # here); the estimates get it back as in gamma_map's
+    # _reapply_source_weighting.  Fold it into the gain's columns instead,
+    # so that the solver's estimates are in A.m directly.
+    gain = gain / source_weighting[None, :]
     sel = [inst.ch_names.index(name) for name in gain_info["ch_names"]]
     return fwd, gain, gain_info, whitener, sel
 
 
 def _run(model, gain, data_w, nave, learn_noise, device, dtype):
     """Run ``model`` on whitened data ``(B, M, T)``; return X, lam (numpy)."""
-    dev = check_device(device)
-    tdtype = _DTYPES[check_dtype(dtype)]
+    dev = torch.device(device)
+    tdtype = _DTYPES[dtype]
     model = model.to(device=dev, dtype=tdtype).eval()
     L = torch.as_tensor(gain, dtype=tdtype, device=dev)
     Y = torch.as_tensor(data_w, dtype=tdtype, device=dev)
@@ -66,14 +74,6 @@ def _make_stc(X, fwd, tmin, tstep):
     vertices = [s["vertno"] for s in fwd["src"]]
     return mne.SourceEstimate(X, vertices, tmin=tmin, tstep=tstep,
                               subject=fwd["src"]._subject)
-
-
-def _residual(inst_picked, fwd_gain, X, projs):
-    """Data minus the (projected) model fit, as MNE's sparse solvers do."""
-    fit = fwd_gain @ X
-    proj, _ = mne.io.proj.make_projector(projs, inst_picked.ch_names)
-    return inst_picked.data - proj @ fit if proj is not None else (
-        inst_picked.data - fit)
 
 
 @verbose
@@ -135,6 +135,8 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     """
     _validate_type(evoked, mne.Evoked, "evoked")
     _validate_type(learn_noise, bool, "learn_noise")
+    check_device(device)
+    check_dtype(dtype)
     if return_noise_cov and not learn_noise:
         raise ValueError("return_noise_cov=True needs learn_noise=True: with "
                          "known noise nothing is learned about the sensors.")
@@ -151,11 +153,8 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     stc = _make_stc(X[0], fwd_fixed, evoked.times[0], 1.0 / evoked.info["sfreq"])
     out = [stc]
     if return_residual:
-        picked = evoked.copy().pick(gain_info["ch_names"])
-        gain_phys = fwd_fixed["sol"]["data"][
-            [fwd_fixed["sol"]["row_names"].index(c) for c in gain_info["ch_names"]]]
-        picked.data = _residual(picked, gain_phys, X[0], evoked.info["projs"])
-        out.append(picked)
+        out.append(_compute_residual(fwd_fixed, evoked, X[0],
+                                     np.arange(X.shape[1]), gain_info))
     if return_noise_cov:
         out.append(_noise_covariance(lam[0], whitener, gain_info["ch_names"],
                                      evoked.nave))
@@ -183,7 +182,8 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
     """
     _validate_type(epochs, mne.BaseEpochs, "epochs")
     _validate_type(learn_noise, bool, "learn_noise")
-    _check_option("dtype", dtype, tuple(_DTYPES))
+    check_device(device)
+    check_dtype(dtype)
     if return_noise_cov and not learn_noise:
         raise ValueError("return_noise_cov=True needs learn_noise=True.")
     net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)

@@ -1,0 +1,237 @@
+"""The MNE-facing API against MNE's own solvers and analytic expectations."""
+
+import numpy as np
+import pytest
+import torch
+import mne
+from mne.inverse_sparse import gamma_map
+
+from mne_unfolded_sbl import apply_unfolded_sbl, apply_unfolded_sbl_epochs
+from mne_unfolded_sbl.network import UnfoldedSBL
+from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
+
+EASY = SimulationConfig(n_sources=(2, 2), spread=0.0, snr_db=(25.0, 25.0),
+                        n_times=100)
+
+
+def _power(data):
+    return np.sqrt((data ** 2).mean(1))
+
+
+def _pos(fwd):
+    return np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
+
+
+@pytest.fixture(scope="module")
+def easy(train_fwd):
+    evoked, stc_true, cov = simulate_evoked(train_fwd, EASY, seed=3,
+                                            verbose=False)
+    return train_fwd, evoked, stc_true, cov
+
+
+def test_stc_metadata_and_units(easy):
+    fwd, evoked, stc_true, cov = easy
+    evoked = evoked.copy().shift_time(-0.1)
+    stc = apply_unfolded_sbl(evoked, fwd, cov, model="cb", n_layers=200,
+                             verbose=False)
+    assert isinstance(stc, mne.SourceEstimate)
+    for v, s in zip(stc.vertices, fwd["src"]):
+        np.testing.assert_array_equal(v, s["vertno"])
+    assert stc.tmin == pytest.approx(evoked.times[0])
+    assert stc.tstep == pytest.approx(1.0 / evoked.info["sfreq"])
+    assert stc.subject == "fsaverage"
+    assert stc.data.shape == stc_true.data.shape
+    # the strongest estimated sources are near the true ones (A.m units:
+    # the peak amplitude is within a factor of 2 of the truth)
+    p_true, p_est = _power(stc_true.data), _power(stc.data)
+    pos = _pos(fwd)
+    for c in np.argsort(p_true)[-2:]:
+        nearest = np.argmin(np.linalg.norm(pos[np.argsort(p_est)[-4:]] - pos[c], axis=1))
+        assert np.linalg.norm(pos[np.argsort(p_est)[-4:][nearest]] - pos[c]) < 0.015
+    assert 0.5 < p_est.max() / p_true.max() < 2.0
+
+
+def test_agrees_with_mne_gamma_map(tiny_forward):
+    """Known-noise CB run long == MNE's convex-bounding gamma_map (update_mode=2)."""
+    fwd, _ = tiny_forward
+    fwd = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
+                                       use_cps=True, verbose=False)
+    evoked, _, cov = simulate_evoked(fwd, EASY, seed=4, verbose=False)
+    stc = apply_unfolded_sbl(evoked, fwd, cov, model="cb", learn_noise=False,
+                             n_layers=1000, dtype="float64", verbose=False)
+    stc_gm = gamma_map(evoked, fwd, cov, alpha=1.0 / evoked.nave, depth=None,
+                       loose=0.0, update_mode=2, tol=1e-9, maxit=3000, pca=False,
+                       verbose=False)
+    ours = _power(stc.data)
+    theirs = np.zeros(len(ours))
+    vert = np.concatenate(stc.vertices)
+    idx = {(h, v): i for i, (h, v) in enumerate(
+        [(0, v) for v in stc.vertices[0]] + [(1, v) for v in stc.vertices[1]])}
+    for h, verts in enumerate(stc_gm.vertices):
+        for k, v in enumerate(verts):
+            row = k + (len(stc_gm.vertices[0]) if h else 0)
+            theirs[idx[(h, v)]] = _power(stc_gm.data[row:row + 1])[0]
+    assert len(vert) == len(ours)
+    sup = lambda p: set(np.flatnonzero(p > 0.05 * p.max()))  # noqa: E731
+    assert sup(ours) == sup(theirs)
+    top = np.argsort(ours)[-3:]
+    np.testing.assert_allclose(ours[top], theirs[top], rtol=0.05)
+
+
+def test_scale_equivariance_api(easy):
+    fwd, evoked, _, cov = easy
+    base = apply_unfolded_sbl(evoked, fwd, cov, model="cb", dtype="float64",
+                              verbose=False)
+    for c in (1e-6, 1e3):
+        ev = evoked.copy()
+        ev.data *= c
+        cv = cov.copy()
+        cv["data"] = cv["data"] * c ** 2
+        for noise_cov in (cov, cv):  # data alone, and data with its noise
+            stc = apply_unfolded_sbl(ev, fwd, noise_cov, model="cb",
+                                     dtype="float64", verbose=False)
+            np.testing.assert_allclose(stc.data, c * base.data, rtol=1e-6,
+                                       atol=1e-9 * c * np.abs(base.data).max())
+
+
+def test_residual_and_learned_noise_flag_noisy_channel(train_fwd):
+    cfg = SimulationConfig(n_sources=(3, 3), spread=0.0, snr_db=(20.0, 20.0))
+    evoked, _, cov = simulate_evoked(train_fwd, cfg, seed=1, verbose=False)
+    rng = np.random.default_rng(0)
+    bad = 10
+    evoked.data[bad] += rng.standard_normal(evoked.data.shape[1]) * 20 * np.sqrt(
+        cov["data"][bad])
+    stc, resid, learned = apply_unfolded_sbl(
+        evoked, train_fwd, cov, model="cb", return_residual=True,
+        return_noise_cov=True, verbose=False)
+    assert isinstance(resid, mne.Evoked) and isinstance(learned, mne.Covariance)
+    assert learned["diag"] and learned["names"] == evoked.ch_names
+    ratio = learned["data"] / cov["data"]
+    assert np.argmax(ratio) == bad
+    assert ratio[bad] > 20 * np.median(ratio)
+    # residual = data - G X (average-referenced), explained variance high
+    ev = evoked.copy().apply_proj()
+    fit = train_fwd["sol"]["data"] @ stc.data
+    fit -= fit.mean(0)
+    np.testing.assert_allclose(resid.copy().apply_proj().data, ev.data - fit,
+                               atol=1e-3 * np.abs(ev.data).max())
+    assert np.linalg.norm(resid.data) < 0.5 * np.linalg.norm(ev.data)
+
+
+def test_epochs_batched_equals_one_by_one(easy):
+    fwd, evoked, _, cov = easy
+    rng = np.random.default_rng(2)
+    data = evoked.data[None] + rng.standard_normal((3,) + evoked.data.shape) * 3e-7
+    epochs = mne.EpochsArray(data, evoked.info, tmin=evoked.times[0],
+                             verbose=False)  # keeps the average reference
+    stcs, covs = apply_unfolded_sbl_epochs(epochs, fwd, cov, model="cb",
+                                           return_noise_cov=True,
+                                           dtype="float64", verbose=False)
+    assert len(stcs) == 3 and len(covs) == 3
+    for k in range(3):
+        ev = mne.EvokedArray(data[k], evoked.info, tmin=evoked.times[0], nave=1)
+        single = apply_unfolded_sbl(ev, fwd, cov, model="cb", dtype="float64",
+                                    verbose=False)
+        np.testing.assert_allclose(stcs[k].data, single.data, rtol=1e-7,
+                                   atol=1e-9 * np.abs(single.data).max())
+
+
+def test_free_orientation_forward_is_converted(tiny_forward):
+    fwd_free, info = tiny_forward
+    evoked, _, cov = simulate_evoked(fwd_free, EASY, seed=0, verbose=False)
+    stc = apply_unfolded_sbl(evoked, fwd_free, cov, model="cb", verbose=False)
+    fixed = mne.convert_forward_solution(fwd_free, surf_ori=True, force_fixed=True,
+                                         use_cps=True, verbose=False)
+    stc2 = apply_unfolded_sbl(evoked, fixed, cov, model="cb", verbose=False)
+    assert stc.data.shape[0] == fixed["nsource"]
+    np.testing.assert_allclose(stc.data, stc2.data, rtol=1e-5,
+                               atol=1e-6 * np.abs(stc2.data).max())
+
+
+def test_network_instance_and_float32(easy):
+    fwd, evoked, _, cov = easy
+    net = UnfoldedSBL(25, "deep-cb", True)  # untrained == classical
+    a = apply_unfolded_sbl(evoked, fwd, cov, model=net, verbose=False)
+    b = apply_unfolded_sbl(evoked, fwd, cov, model="cb", dtype="float64",
+                           verbose=False)
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-3,
+                               atol=1e-3 * np.abs(b.data).max())
+
+
+# --------------------------------------------------------------------------
+# bad input gets a clear error
+
+
+def test_error_channel_mismatch(easy):
+    fwd, evoked, _, cov = easy
+    # (MNE's copies share projector objects: rebuild the projector)
+    ev = evoked.copy().del_proj()
+    ev.rename_channels({ev.ch_names[0]: "XYZ1"})
+    ev.set_eeg_reference(projection=True, verbose=False)
+    with pytest.raises(ValueError, match="missing from the forward.*XYZ1"):
+        apply_unfolded_sbl(ev, fwd, cov, model="cb")
+    cv = mne.Covariance(cov["data"][1:], cov["names"][1:], [], cov["projs"], 1)
+    with pytest.raises(ValueError, match="missing from the noise covariance"):
+        apply_unfolded_sbl(evoked, fwd, cv, model="cb")
+    # marking the channel bad is the documented fix
+    ev.info["bads"] = ["XYZ1"]
+    apply_unfolded_sbl(ev, fwd, cov, model="cb", verbose=False)
+
+
+def test_error_no_average_reference(easy):
+    fwd, evoked, _, cov = easy
+    ev = evoked.copy().del_proj()
+    with pytest.raises(ValueError, match="average reference"):
+        apply_unfolded_sbl(ev, fwd, cov, model="cb")
+
+
+def test_error_meg_only_and_volume(easy, tiny_forward):
+    fwd, evoked, _, cov = easy
+    info = mne.create_info(["MEG 001", "MEG 002"], 100.0, "mag")
+    ev = mne.EvokedArray(np.ones((2, 10)), info)
+    with pytest.raises(ValueError, match="no good EEG channels"):
+        apply_unfolded_sbl(ev, fwd, cov, model="cb")
+    vol = fwd.copy()
+    vol["src"][0]["type"] = "vol"
+    with pytest.raises(ValueError, match="surface"):
+        apply_unfolded_sbl(evoked, vol, cov, model="cb")
+
+
+def test_error_nan_and_bad_cov(easy):
+    fwd, evoked, _, cov = easy
+    ev = evoked.copy()
+    ev.data[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        apply_unfolded_sbl(ev, fwd, cov, model="cb")
+    neg = mne.Covariance(-cov["data"], cov["names"], [], cov["projs"], 1)
+    with pytest.raises(ValueError, match="non-positive"):
+        apply_unfolded_sbl(evoked, fwd, neg, model="cb")
+    full = np.diag(cov["data"]).copy()
+    full[0, 0] = -full[0, 0] * 100
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        apply_unfolded_sbl(evoked, fwd, mne.Covariance(full, cov["names"], [],
+                                                       cov["projs"], 1),
+                           model="cb")
+
+
+def test_error_models_and_devices(easy, tmp_path):
+    fwd, evoked, _, cov = easy
+    with pytest.raises(ValueError, match="Unknown model 'champagne'"):
+        apply_unfolded_sbl(evoked, fwd, cov, model="champagne")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            apply_unfolded_sbl(evoked, fwd, cov, model="cb", device="cuda")
+    with pytest.raises(ValueError, match="learn_noise=False"):
+        apply_unfolded_sbl(evoked, fwd, cov, model=UnfoldedSBL(5, "cb", False))
+    with pytest.raises(ValueError, match="return_noise_cov=True needs"):
+        apply_unfolded_sbl(evoked, fwd, cov, model="cb", learn_noise=False,
+                           return_noise_cov=True)
+    with pytest.raises(ValueError, match="only possible with model='cb'"):
+        apply_unfolded_sbl(evoked, fwd, cov, model=UnfoldedSBL(5, "deep-cb"),
+                           n_layers=3)
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a weights file")
+    with pytest.raises(ValueError, match="corrupted or not a safetensors"):
+        apply_unfolded_sbl(evoked, fwd, cov, model=bad)
+    with pytest.raises(TypeError, match="evoked"):
+        apply_unfolded_sbl(evoked.data, fwd, cov, model="cb")
