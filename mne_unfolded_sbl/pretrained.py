@@ -2,7 +2,7 @@
 
 Weights are safetensors files whose metadata carries the network config
 (``"config"``, JSON) and the training record (``"card"``, JSON).  Bundled
-files live in the ``mne_unfolded_sbl.pretrained`` package (the repository's
+files live in the ``mne_unfolded_sbl.pretrained_weights`` package (the repository's
 ``pretrained/`` folder) and are listed with their sha256 in
 ``pretrained/registry.json``.  Loading goes through :mod:`pooch`: a bundled
 file is hash-checked in place; a registry entry with a ``url`` and no
@@ -26,7 +26,7 @@ DEFAULT_N_LAYERS = 25
 
 
 def _bundled_dir():
-    return Path(str(resources.files("mne_unfolded_sbl.pretrained")))
+    return Path(str(resources.files("mne_unfolded_sbl.pretrained_weights")))
 
 
 def registry():

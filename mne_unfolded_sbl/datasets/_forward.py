@@ -1,0 +1,228 @@
+"""Fixed-orientation EEG forward models on the fsaverage template, cached."""
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+import mne
+import numpy as np
+from mne.io.constants import FIFF
+from mne.utils import _check_option, _validate_type, logger, verbose, warn
+
+from ._montage import make_info
+from ._subject import SUBJECT, _data_hash, cache_dir, resolve_source
+
+#: Number of sources of the supported surface source spaces (both hemispheres).
+SPACINGS = {"ico3": 1284, "ico4": 5124}
+BEM_ICOS = (3, 4)
+DEFAULT_CONDUCTIVITY = (0.3, 0.006, 0.3)
+#: Median electrode-to-scalp distance (mm) above which a warning is emitted.
+MAX_SCALP_DISTANCE = 10.0
+
+
+def _check_conductivity(conductivity):
+    _validate_type(conductivity, (list, tuple, np.ndarray), "conductivity")
+    try:
+        cond = np.asarray(conductivity, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            "conductivity must contain 3 numbers (brain, skull, scalp) in S/m, "
+            f"got {conductivity!r}"
+        ) from None
+    if cond.shape != (3,) or not np.isfinite(cond).all() or (cond <= 0).any():
+        raise ValueError(
+            "conductivity must be 3 positive finite values (brain, skull, "
+            f"scalp) in S/m for a 3-layer BEM, e.g. {DEFAULT_CONDUCTIVITY}; got "
+            f"{conductivity!r}"
+        )
+    return tuple(float(c) for c in cond)
+
+
+def _atomic_write(fname, write, suffix):
+    """Write via ``write(tmp_fname)`` then rename, safe for parallel callers."""
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fname.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, fname)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _source_key(kind, subjects_dir):
+    if kind == "embedded":
+        return f"embedded-{_data_hash()}"
+    return "real-" + hashlib.sha1(str(subjects_dir).encode()).hexdigest()[:8]
+
+
+def _trans(subjects_dir):
+    fname = Path(subjects_dir) / SUBJECT / "bem" / f"{SUBJECT}-trans.fif"
+    return fname if fname.is_file() else "fsaverage"  # MNE's built-in copy
+
+
+def _bem_solution(subjects_dir, source_key, bem_ico, conductivity, cache):
+    cond = "-".join(f"{c:g}" for c in conductivity)
+    fname = cache_dir() / "bem" / f"{source_key}-ico{bem_ico}-{cond}-bem-sol.fif"
+    if cache and fname.is_file():
+        logger.info(f"Using cached BEM solution {fname}")
+        return mne.read_bem_solution(fname, verbose=False)
+    logger.info(f"Computing the ico{bem_ico} 3-layer BEM solution ({cond} S/m)")
+    model = mne.make_bem_model(
+        SUBJECT, ico=bem_ico, conductivity=conductivity, subjects_dir=subjects_dir
+    )
+    bem = mne.make_bem_solution(model)
+    if cache:
+        _atomic_write(
+            fname, lambda f: mne.write_bem_solution(f, bem, verbose=False), "-sol.fif"
+        )
+    return bem
+
+
+def electrode_scalp_distances(info, bem, trans):
+    """Distances (m) from EEG electrodes to the BEM scalp, in MRI coordinates.
+
+    Parameters
+    ----------
+    info : mne.Info
+        Info with EEG channel positions (head coordinates).
+    bem : mne.bem.ConductorModel | list of dict
+        A BEM solution, or BEM surfaces (from :func:`mne.make_bem_model`),
+        including the scalp.
+    trans : path-like | str | mne.transforms.Transform
+        The head<->MRI transform.
+
+    Returns
+    -------
+    dist : ndarray, shape (n_eeg,)
+        Distance of each electrode to its projection onto the scalp.
+    """
+    from mne.surface import _project_onto_surface
+
+    head_mri_t = mne.transforms._get_trans(trans, "head", "mri")[0]
+    picks = mne.pick_types(info, meg=False, eeg=True, exclude=())
+    rr = np.array([info["chs"][pick]["loc"][:3] for pick in picks])
+    rr = mne.transforms.apply_trans(head_mri_t, rr)
+    surfs = bem["surfs"] if isinstance(bem, dict) else bem
+    (scalp,) = [s for s in surfs if s["id"] == FIFF.FIFFV_BEM_SURF_ID_HEAD]
+    proj = _project_onto_surface(rr, scalp, project_rrs=True)[2]
+    return np.linalg.norm(proj - rr, axis=1)
+
+
+def _forward_key(info, spacing, conductivity, bem_ico, source_key):
+    picks = mne.pick_types(info, meg=False, eeg=True, exclude=())
+    desc = dict(
+        ch_names=[info["ch_names"][p] for p in picks],
+        pos=np.round([info["chs"][p]["loc"][:3] * 1e6 for p in picks]).tolist(),
+        spacing=spacing,
+        conductivity=conductivity,
+        bem_ico=bem_ico,
+        source=source_key,
+        mne=mne.__version__.split(".dev")[0],
+    )
+    return hashlib.sha1(json.dumps(desc).encode()).hexdigest()[:16]
+
+
+def _compute_forward(info, spacing, subjects_dir, bem):
+    trans = _trans(subjects_dir)
+    dist = electrode_scalp_distances(info, bem, trans) * 1e3
+    logger.info(
+        f"EEG electrodes to scalp: median {np.median(dist):.1f} mm, "
+        f"max {dist.max():.1f} mm (MNE projects them onto the scalp)"
+    )
+    if np.median(dist) > MAX_SCALP_DISTANCE:
+        warn(
+            f"The EEG electrodes are a median {np.median(dist):.1f} mm away from "
+            "the fsaverage scalp; the montage is probably not in fsaverage head "
+            "coordinates. Use a template montage such as 'fsaverage_1005'."
+        )
+    src = mne.setup_source_space(
+        SUBJECT, spacing=spacing, add_dist=False, subjects_dir=subjects_dir
+    )
+    fwd = mne.make_forward_solution(
+        info, trans, src, bem, meg=False, eeg=True, mindist=0.0
+    )
+    if fwd["nsource"] != SPACINGS[spacing]:
+        warn(
+            f"The forward has {fwd['nsource']} sources instead of "
+            f"{SPACINGS[spacing]}: some sources lie outside the inner skull."
+        )
+    return fwd
+
+
+@verbose
+def make_template_forward(
+    montage="train-64",
+    spacing="ico3",
+    conductivity=DEFAULT_CONDUCTIVITY,
+    *,
+    bem_ico=4,
+    source="auto",
+    cache=True,
+    verbose=None,
+):
+    """Make a fixed-orientation EEG forward model on fsaverage, offline.
+
+    The source space is the fsaverage white-matter surface subsampled at
+    ``spacing``, with dipoles fixed normal to the cortex; the head model is a
+    3-layer BEM (brain, skull, scalp). BEM solutions and forwards are cached
+    on disk (see ``MNE_UNFOLDED_SBL_CACHE``), so repeated calls are fast.
+
+    Parameters
+    ----------
+    montage : str | mne.channels.DigMontage | mne.Info
+        EEG sensors: ``"train-64"`` (default: the 64-channel training cap,
+        :data:`TRAIN_CH_NAMES`), ``"things-eeg2"`` (63 channels), a built-in
+        montage name (e.g. ``"fsaverage_1005"``, 335 channels), a montage, or an
+        Info whose EEG channels with positions are used. Positions must be in
+        fsaverage head coordinates (template montages are); electrodes are
+        projected onto the scalp by MNE.
+    spacing : ``"ico3"`` | ``"ico4"``
+        Source spacing: 1284 or 5124 sources (vertices ``0..641`` /
+        ``0..2561`` of each fsaverage hemisphere).
+    conductivity : tuple of float
+        Brain, skull and scalp conductivities in S/m.
+    bem_ico : 3 | 4
+        Icosahedron grade of the BEM surfaces (1280 or 5120 triangles per
+        surface). 4 takes about a minute and 2 GB the first time; 3 is fast
+        (lead fields within about 8 %%).
+    source : ``"auto"`` | ``"embedded"`` | ``"real"`` | ``"download"``
+        Which fsaverage to use, see :func:`get_subjects_dir`.
+    cache : bool
+        Read and write cached BEM solutions and forwards.
+    %(verbose)s
+
+    Returns
+    -------
+    fwd : mne.Forward
+        Fixed-orientation, surface-oriented EEG forward (no projectors; apply
+        an average reference with ``set_eeg_reference(projection=True)`` to
+        the data).
+    """
+    _check_option("spacing", spacing, tuple(SPACINGS))
+    _check_option("bem_ico", bem_ico, BEM_ICOS)
+    _validate_type(cache, bool, "cache")
+    conductivity = _check_conductivity(conductivity)
+    info = make_info(montage)
+    kind, subjects_dir = resolve_source(source)
+    source_key = _source_key(kind, subjects_dir)
+    key = _forward_key(info, spacing, conductivity, bem_ico, source_key)
+    fname = cache_dir() / "fwd" / f"{SUBJECT}-{spacing}-{key}-fwd.fif"
+    if cache and fname.is_file():
+        logger.info(f"Using cached forward solution {fname}")
+        fwd = mne.read_forward_solution(fname, verbose=False)
+    else:
+        logger.info(f"Using the {kind} fsaverage in {subjects_dir}")
+        bem = _bem_solution(subjects_dir, source_key, bem_ico, conductivity, cache)
+        fwd = _compute_forward(info, spacing, subjects_dir, bem)
+        if cache:  # read back so that every call returns the same (float32) data
+            _atomic_write(
+                fname,
+                lambda f: mne.write_forward_solution(f, fwd, verbose=False),
+                "-fwd.fif",
+            )
+            fwd = mne.read_forward_solution(fname, verbose=False)
+    return mne.convert_forward_solution(
+        fwd, surf_ori=True, force_fixed=True, use_cps=True, verbose=False
+    )
