@@ -412,7 +412,7 @@ class EEGSimulator:
 
         Returns
         -------
-        w : torch.Tensor, shape (*centers.shape, n_sources)
+        w : torch.Tensor, shape ``(*centers.shape, n_sources)``
             ``w[..., n] = exp(-||pos[n] - pos[c]||**2 / (2 sigma**2))``, set to
             0 below ``config.footprint_threshold`` (peak weight 1).
         """

@@ -144,6 +144,16 @@ def build(out=OUT):
         assert np.array_equal(white_tris, other)
     assert np.array_equal(white_tris, tris)
     assert np.array_equal(sphere, sphere_rh)
+    # for brain pictures: inflated surfaces, sulcal depth and curvature
+    pictures = {}
+    for hemi, side in (("lh", "left"), ("rh", "right")):
+        infl, infl_tris = read_gifti(nl_dir / f"infl_{side}.gii.gz")
+        assert np.array_equal(infl_tris, tris)
+        pictures[f"inflated_{hemi}"] = infl.astype(np.float32)
+        for morph in ("sulc", "curv"):
+            img = nib.load(nl_dir / f"{morph}_{side}.gii.gz")
+            pictures[f"{morph}_{hemi}"] = np.asarray(
+                img.darrays[0].data, np.float32)
 
     data = dict(
         format_version=np.int32(FORMAT_VERSION),
@@ -155,6 +165,7 @@ def build(out=OUT):
         white_lh=white_lh,
         white_rh=white_rh,
         sphere=sphere,
+        **pictures,
         head_mri_t=trans["trans"].astype(np.float64),
         fiducials=np.array([f["r"] for f in fids], np.float64),  # metres, MRI
         fiducial_idents=np.array([f["ident"] for f in fids], np.int32),

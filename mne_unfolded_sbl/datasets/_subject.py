@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import mne
+import nibabel.freesurfer
 import numpy as np
 from mne.io.constants import FIFF
 from mne.utils import _check_option, logger, verbose
@@ -89,6 +90,14 @@ def _write_subject(fs_dir, geom):
     for hemi in ("lh", "rh"):
         mne.write_surface(surf / f"{hemi}.white", geom[f"white_{hemi}"], tris)
         mne.write_surface(surf / f"{hemi}.sphere", geom["sphere"], tris)
+        # for brain pictures (MNE's plotting reads these): fsaverage5
+        # inflated surface, sulcal depth, curvature; sphere.reg = sphere
+        # (the template *is* the registration target)
+        mne.write_surface(surf / f"{hemi}.inflated", geom[f"inflated_{hemi}"], tris)
+        mne.write_surface(surf / f"{hemi}.sphere.reg", geom["sphere"], tris)
+        for morph in ("sulc", "curv"):
+            nibabel.freesurfer.write_morph_data(
+                surf / f"{hemi}.{morph}", geom[f"{morph}_{hemi}"])
     for name in BEM_SURFACES:
         mne.write_surface(bem / f"{name}.surf", geom[name], tris)
     mne.write_head_bem(

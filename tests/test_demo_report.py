@@ -1,0 +1,267 @@
+"""The demo, the report helper and the headless brain figures."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import mne
+
+from mne_unfolded_sbl import pretrained
+from mne_unfolded_sbl.network import UnfoldedSBL
+from mne_unfolded_sbl.report import (add_unfolded_sbl_to_report, expand_stc,
+                                     peak_sources, resolve_model,
+                                     source_positions_mri,
+                                     unfolded_sbl_trajectory)
+from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
+from mne_unfolded_sbl.viz import (_panels, available_3d_backend,
+                                  plot_source_estimate)
+
+EASY = SimulationConfig(n_sources=(1, 1), spread=0.0, snr_db=(20.0, 20.0),
+                        n_times=60)
+IMG_RE = re.compile(r'<img[^>]*alt="([^"]*)"\s*src="data:image/(png|webp|jpeg)')
+
+
+@pytest.fixture(scope="module")
+def cache_env(template_cache):
+    """Point the package cache (forwards, embedded subject) at the test cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNE_UNFOLDED_SBL_CACHE", str(template_cache))
+        mp.setenv("MNE_UNFOLDED_SBL_3D", "matplotlib")  # fast, no probe
+        yield template_cache
+
+
+@pytest.fixture(scope="module")
+def easy(train_fwd, cache_env):
+    evoked, stc_true, cov = simulate_evoked(train_fwd, EASY, seed=7,
+                                            verbose=False)
+    return train_fwd, evoked, stc_true, cov
+
+
+@pytest.fixture(scope="module")
+def subjects_dir(cache_env):
+    from mne_unfolded_sbl.datasets import get_subjects_dir
+
+    return get_subjects_dir(verbose=False)
+
+
+def _no_weights(monkeypatch):
+    """Behave as if no pretrained weights were registered."""
+    monkeypatch.setattr(pretrained, "registry", lambda: {})
+
+
+def _is_brain_image(img):
+    """Not blank: a visible cortex and coloured (active) spots."""
+    img = np.asarray(img, float)
+    assert img.ndim == 3 and img.shape[2] == 3
+    assert img.std() > 20
+    nonwhite = np.any(img < 235, axis=-1).mean()
+    assert 0.15 < nonwhite < 0.95, nonwhite
+    brains = img[: int(0.7 * img.shape[0])]  # above the colour bar
+    r, g, b = brains[..., 0], brains[..., 1], brains[..., 2]
+    grey = (np.abs(r - g) < 12) & (np.abs(g - b) < 12) & (r < 220)
+    hot = (r > 150) & (r - b > 80)
+    assert grey.mean() > 0.1  # the cortex
+    return int(hot.sum())
+
+
+def test_demo_end_to_end(tmp_path, train_fwd, cache_env, monkeypatch, capsys):
+    from mne_unfolded_sbl import demo
+
+    _no_weights(monkeypatch)
+    out = tmp_path / "demo"
+    ret = demo.main(["--out", str(out), "--n-sources", "2", "--n-times", "40",
+                     "--bem-ico", "3", "--no-mismatch", "--backend",
+                     "matplotlib", "--seed", "3"])
+    assert ret == 0
+    html = (out / "report.html").read_text("utf-8")
+    printed = capsys.readouterr().out
+    # fallback is said, in the terminal and in the report
+    assert "NOTE" in printed and "Falling back" in printed
+    assert "Falling back to the classical convex-bounding solver" in html
+    # the metrics table was printed
+    assert "rMSE" in printed and "sLORETA" in printed and "EMD" in printed
+    images = IMG_RE.findall(html)
+    titles = [t for t, _ in images]
+    for title in ("Brain: Ground truth (simulated)", "Brain: sLORETA",
+                  "Time courses at the peak sources", "Learned noise (topomap)",
+                  "Learned noise (noisiest channels)", "Convergence per layer"):
+        assert title in titles, titles
+    assert any(t.startswith("Brain: Convex bounding") for t in titles)
+    assert len(images) >= 7
+    for section in ("Summary", "Metrics against the ground truth",
+                    "Peak sources", "Simulation settings"):
+        assert section in html
+    assert html.count("mus-peaks") >= 3  # truth + 2 estimates
+
+
+def test_out_path(tmp_path):
+    from mne_unfolded_sbl.demo import _out_path
+
+    assert _out_path(tmp_path / "x").name == "report.html"
+    assert _out_path(tmp_path / "y" / "r.html") == tmp_path / "y" / "r.html"
+    assert (tmp_path / "y").is_dir()
+
+
+def test_cli_dispatches_demo():
+    import argparse
+
+    from mne_unfolded_sbl import demo
+    from mne_unfolded_sbl.cli import COMMANDS
+
+    assert COMMANDS["demo"][0] == "mne_unfolded_sbl.demo"
+    parser = demo.add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--out", "somewhere"])
+    assert args.model == "deep-cb" and args.out == "somewhere"
+    assert args.bem_ico == "auto" and args.mismatch
+
+
+def test_resolve_model_fallback(monkeypatch):
+    _no_weights(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="Falling back"):
+        net, name, note = resolve_model("deep-cb", learn_noise=True)
+    assert name == "cb" and net.model == "cb" and "deep-cb" in note
+    net, name, note = resolve_model("cb", learn_noise=False)
+    assert name == "cb" and note is None and not net.learn_noise
+
+
+def test_report_helper(easy, subjects_dir, monkeypatch):
+    fwd, evoked, stc_true, cov = easy
+    _no_weights(monkeypatch)
+    report = mne.Report(title="test", verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = add_unfolded_sbl_to_report(
+            report, evoked, fwd, cov, model="deep-cb",
+            compare=("cb", "sloreta"), subjects_dir=subjects_dir,
+            backend="matplotlib", true_noise_cov=cov, verbose=False)
+    assert out["model"] == "cb" and out["note"]
+    assert set(out["estimates"]) == {"unfolded", "sloreta"}  # cb not twice
+    assert out["backend"] == "matplotlib"
+    assert out["metrics"] is None  # no ground truth given
+    titles = [c.name for c in report._content]
+    sections = {c.section for c in report._content}
+    assert len(sections) == 1
+    expected = ["Summary", "Peak sources", "Time courses at the peak sources",
+                "Learned noise (topomap)", "Learned noise (noisiest channels)",
+                "Convergence per layer", "Brain: sLORETA"]
+    for title in expected:
+        assert title in titles, titles
+    assert sum(t.startswith("Brain: ") for t in titles) == 2
+    # the common time is the GFP peak of the evoked
+    gfp = evoked.data.std(0)
+    assert out["time"] == pytest.approx(evoked.times[np.argmax(gfp)])
+    # convergence of the (fallback) classical solver only
+    (traj,) = out["trajectories"].values()
+    assert len(traj["cost"]) == 25 and np.isnan(traj["mean_abs_delta_source"]).all()
+
+
+def test_peak_table_finds_simulated_source(easy):
+    """Easy case: the top peak of the estimate is the simulated source."""
+    fwd, evoked, stc_true, cov = easy
+    from mne_unfolded_sbl import apply_unfolded_sbl
+
+    stc = apply_unfolded_sbl(evoked, fwd, cov, model="cb", verbose=False)
+    (true_peak,) = peak_sources(stc_true, fwd, n=1)
+    peaks = peak_sources(stc, fwd, n=5)
+    assert 1 <= len(peaks) <= 5
+    top = peaks[0]
+    assert set(top) >= {"hemi", "vertex", "pos_mm", "amplitude", "latency"}
+    assert top["hemi"] == true_peak["hemi"]
+    dist = np.linalg.norm(top["pos_mm"] - true_peak["pos_mm"])
+    assert dist < 20.0, dist  # mm
+    assert 0.5 < top["amplitude"] / true_peak["amplitude"] < 2.0
+    assert abs(top["latency"] - true_peak["latency"]) <= 2 / evoked.info["sfreq"]
+    # positions are fsaverage MRI coordinates of the white-surface vertex
+    rr = source_positions_mri(fwd)
+    idx = top["index"]
+    np.testing.assert_allclose(rr[idx] * 1e3, top["pos_mm"])
+    assert np.abs(rr).max() < 0.12  # metres, inside a head
+    # amplitudes are sorted
+    amps = [p["amplitude"] for p in peaks]
+    assert amps == sorted(amps, reverse=True)
+
+
+def test_expand_stc(easy):
+    fwd, _, stc_true, _ = easy
+    sub = stc_true.copy()
+    keep = np.flatnonzero(np.abs(sub.data).max(1) > 0)
+    n_lh = len(sub.vertices[0])
+    vertices = [sub.vertices[0][keep[keep < n_lh]],
+                sub.vertices[1][keep[keep >= n_lh] - n_lh]]
+    small = mne.SourceEstimate(sub.data[keep], vertices, sub.tmin, sub.tstep)
+    full = expand_stc(small, fwd)
+    np.testing.assert_allclose(full.data, stc_true.data)
+
+
+def test_trajectory_learned_and_classical(easy):
+    fwd, evoked, stc_true, cov = easy
+    traj = unfolded_sbl_trajectory(evoked, fwd, cov, "cb", n_layers=10,
+                                   keep_deltas=True, return_sources=True)
+    assert traj["model"] == "cb" and traj["note"] is None
+    assert len(traj["cost"]) == 10 and len(traj["X"]) == 10
+    assert traj["cost"][-1] < traj["cost"][0]
+    assert traj["gamma_change"][-1] < traj["gamma_change"][0]
+    assert traj["delta_source"] is None and traj["delta_noise"] is None
+    assert traj["X"][-1].shape == stc_true.data.shape
+    # an (untrained) learned network: corrections exist and are zero
+    net = UnfoldedSBL(4, "deep-cb", learn_noise=True)
+    traj = unfolded_sbl_trajectory(evoked, fwd, cov, net, keep_deltas=True)
+    assert traj["model"] == "deep-cb"
+    assert len(traj["delta_source"]) == 4 and traj["delta_source"][-1] is None
+    np.testing.assert_array_equal(traj["mean_abs_delta_source"][:3], 0.0)
+    assert np.isnan(traj["mean_abs_delta_source"][3])
+
+
+def test_panels_layout():
+    panels, shape = _panels(("lateral", "medial", "posterior", "ventral"), "both")
+    assert shape == (2, 3)
+    assert [p[4] for p in panels if p[2] == "lateral"] == ["left lateral",
+                                                          "right lateral"]
+    panels, shape = _panels(("lateral",), "lh")
+    assert shape == (1, 1)
+    panels, shape = _panels(("dorsal",), "both")
+    assert shape == (1, 1)
+
+
+def _focal_stc(fwd):
+    vertices = [s["vertno"] for s in fwd["src"]]
+    data = np.zeros((sum(len(v) for v in vertices), 3))
+    pos = source_positions_mri(fwd)
+    lat = np.argmin(pos[:len(vertices[0]), 0])  # most lateral left source
+    data[lat] = [1e-9, 20e-9, 5e-9]
+    data[len(vertices[0]) + 10] = [0, 8e-9, 0]
+    return mne.SourceEstimate(data, vertices, 0.0, 0.01, subject="fsaverage")
+
+
+def test_brain_render_matplotlib(train_fwd, subjects_dir):
+    stc = _focal_stc(train_fwd)
+    img = plot_source_estimate(stc, subjects_dir, backend="matplotlib",
+                               title="test", return_image=True)
+    assert _is_brain_image(img) > 20  # active spots are visible
+    # an all-zero estimate renders a bare cortex (no colour, no error)
+    zero = stc.copy()
+    zero.data[:] = 0
+    img = plot_source_estimate(zero, subjects_dir, backend="matplotlib",
+                               views=("lateral",), return_image=True)
+    assert _is_brain_image(img) == 0
+    with pytest.raises(ValueError, match="view"):
+        plot_source_estimate(stc, subjects_dir, views=("sideways",))
+
+
+def test_brain_render_pyvista(train_fwd, subjects_dir, monkeypatch):
+    monkeypatch.delenv("MNE_UNFOLDED_SBL_3D", raising=False)
+    if available_3d_backend() != "pyvista":
+        pytest.skip("PyVista cannot render off-screen here")
+    stc = _focal_stc(train_fwd)
+    fig = plot_source_estimate(stc, subjects_dir, backend="auto",
+                               views=("lateral", "posterior"))
+    assert fig._mus_backend == "pyvista"
+    from mne_unfolded_sbl.viz import figure_to_array
+
+    assert _is_brain_image(figure_to_array(fig)) > 20
+
+
+def test_backend_env(monkeypatch):
+    monkeypatch.setenv("MNE_UNFOLDED_SBL_3D", "matplotlib")
+    assert available_3d_backend() == "matplotlib"
