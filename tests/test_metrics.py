@@ -229,3 +229,29 @@ def test_accepts_torch_and_stc(grid, sparse_x):
     xt = torch.as_tensor(x)
     assert rmse(stc, xt * 2) == pytest.approx(1.0)
     assert localization_error(xt, stc, torch.as_tensor(grid)) == 0.0
+
+
+def test_localization_error_suppresses_ripples_of_dense_estimates(grid):
+    """A dense estimate with ripples everywhere must not get LE ~ 0."""
+    n = grid.shape[0]
+    p1 = _index(grid, (0.0, 0.0, 0.0))
+    xt = np.zeros((n, 10))
+    xt[p1] = 1.0
+    # broad blob 3 cm away plus a low ripple that makes many tiny maxima
+    centre = _index(grid, (0.03, 0.0, 0.0))
+    d = np.linalg.norm(grid - grid[centre], axis=1)
+    ripple = 0.15 * (1 + np.cos(grid[:, 0] * 2 * np.pi / 0.01) *
+                     np.cos(grid[:, 1] * 2 * np.pi / 0.01))
+    xe = (np.exp(-(d ** 2) / (2 * 0.01 ** 2)) + ripple)[:, None] * np.ones(10)
+    # without suppression a ripple maximum sits on the true source
+    assert localization_error(xt, xe, grid, min_distance=0.0) < 0.0075
+    le = localization_error(xt, xe, grid)  # default: 2 cm suppression
+    assert le == pytest.approx(0.03, abs=0.006)
+    # two true sources 3 cm apart are both kept (> min_distance)
+    xt[centre] = 0.9
+    assert localization_error(xt, xt, grid) == 0.0
+    P = local_maxima(np.sqrt((xt ** 2).mean(1)), source_neighbors(grid),
+                     pos=grid, min_distance=0.02)
+    assert set(P) == {p1, centre}
+    with pytest.raises(ValueError, match="pos is required"):
+        local_maxima(np.ones(n), source_neighbors(grid), min_distance=0.02)
