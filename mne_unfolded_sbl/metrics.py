@@ -25,7 +25,7 @@ F1        support recovery, support = ``{n : p_n > threshold * max p}``
 from __future__ import annotations
 
 import numpy as np
-from mne.utils import _validate_type, logger, verbose
+from ._compat import _validate_type, logger, verbose
 from scipy import sparse
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist

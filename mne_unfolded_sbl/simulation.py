@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from mne.utils import _check_option, _validate_type, logger, verbose, warn
+from ._compat import _check_option, _validate_type, logger, verbose, warn
 
 __all__ = [
     "DEFAULT_BANDS",

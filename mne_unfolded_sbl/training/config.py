@@ -1,0 +1,331 @@
+"""Training configuration: one dataclass, read from TOML, stored in checkpoints.
+
+A TOML file groups the fields in tables (``[model]``, ``[optim]``,
+``[schedule]``, ``[data]``, ``[validation]``, ``[run]``) plus
+``[simulation]`` (the fields of
+:class:`mne_unfolded_sbl.simulation.SimulationConfig`); the table a key sits
+in is only for readability (any field may also be written at the top level),
+but every key must be a known field. TOML has no ``null``: an empty string
+means "unset" for paths and ``0`` means "off" for ``rel_threshold`` and
+``max_minutes``. Relative paths are relative to the working directory.
+
+This module imports neither MNE nor the simulator at import time.
+"""
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+#: Correction families that can be trained ("cb" has no parameters).
+TRAINABLE_MODELS = ("bias-cb", "deep-cb", "deep-attn-cb")
+
+#: Table of each field in a written TOML file.
+SECTIONS = {
+    "model": ("model", "learn_noise", "n_layers", "hidden", "embed_dim",
+              "n_heads", "rel_threshold", "noise_init"),
+    "optim": ("lr", "finetune_lr", "betas", "adam_eps", "grad_clip",
+              "gradient_checkpointing"),
+    "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
+                 "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers"),
+    "data": ("train_leadfield", "val_leadfield", "montage", "spacing",
+             "conductivity", "val_conductivity", "bem_ico"),
+    "validation": ("val_size", "val_batch_size", "val_seed", "val_interval",
+                   "val_metrics_size", "val_per_layer"),
+    "run": ("seed", "device", "dtype", "out_dir", "checkpoint_interval",
+            "max_minutes", "log_file", "log_interval", "num_threads",
+            "progress", "export_name"),
+}
+
+#: Fields that may change when a run is resumed (they do not affect results).
+RUNTIME_FIELDS = ("device", "out_dir", "checkpoint_interval", "max_minutes",
+                  "log_interval", "num_threads", "progress", "export_name")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a training run.
+
+    Model
+        ``model`` ("bias-cb" | "deep-cb" | "deep-attn-cb"), ``learn_noise``
+        (joint gamma/lambda if True, source-only with the true noise else),
+        ``n_layers`` K (the last layer is classical), ``hidden`` (MLP width),
+        ``embed_dim``, ``n_heads`` (attention), ``rel_threshold`` (hard
+        threshold eps_rel, 0 = off), ``noise_init``.
+    Optimisation
+        Adam with ``lr`` in every progressive phase and ``finetune_lr`` in the
+        final joint phase (``lr`` there when ``progressive`` is False),
+        ``betas``, ``adam_eps``; gradient-norm clipping at ``grad_clip``;
+        ``gradient_checkpointing`` (per layer, trades compute for memory).
+    Schedule
+        ``batch_size`` is the *global* mini-batch (split evenly over the data
+        parallel ranks). With ``progressive``, phase ``k`` (k = 0..K-2) trains
+        only layer ``k`` for ``phase_steps`` steps, then all layers are
+        fine-tuned for ``finetune_steps`` steps. ``lr_schedule`` ("constant"
+        or "cosine" down to ``min_lr_ratio * lr``) applies within each phase.
+        Deep supervision: ``beta_ds`` and ``n_ds_layers`` (see
+        :mod:`mne_unfolded_sbl.training.loss`).
+    Data
+        Lead fields from ``.npz`` files (``train_leadfield``,
+        ``val_leadfield``, written by
+        :func:`mne_unfolded_sbl.datasets.save_leadfield_npz`) or, when empty,
+        computed with :func:`mne_unfolded_sbl.datasets.make_template_forward`
+        from ``montage``, ``spacing``, ``bem_ico`` and ``conductivity``
+        (training) / ``val_conductivity`` (validation, no inverse crime).
+        ``simulation``: overrides of the
+        :class:`~mne_unfolded_sbl.simulation.SimulationConfig` defaults; the
+        resolved values are stored.
+    Validation
+        A fixed set of ``val_size`` samples regenerated from ``val_seed`` in
+        chunks of ``val_batch_size``; evaluated before training, every
+        ``val_interval`` steps (0: phase ends only) and at the end of each
+        phase. Source metrics on the first ``val_metrics_size`` samples;
+        ``val_per_layer`` logs the loss after every layer.
+    Run
+        ``seed``, ``device`` ("auto" | "cpu" | "cuda" | "cuda:1"), ``dtype``,
+        ``out_dir``, ``checkpoint_interval`` (steps, 0: phase ends only),
+        ``max_minutes`` (stop cleanly, with a checkpoint, after this wall
+        time; 0 = no limit), ``log_file`` (JSONL, relative to ``out_dir``),
+        ``log_interval`` (steps), ``num_threads`` (CPU threads, 0 = torch
+        default), ``progress`` (tqdm bars), ``export_name`` (default
+        ``<model>_<joint|source>``).
+    """
+
+    # model
+    model: str = "deep-cb"
+    learn_noise: bool = True
+    n_layers: int = 25
+    hidden: int = 32
+    embed_dim: int = 16
+    n_heads: int = 2
+    rel_threshold: float = 0.0
+    noise_init: float = 0.1
+    # optimisation
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = True
+    # schedule
+    batch_size: int = 512
+    progressive: bool = True
+    phase_steps: int = 391
+    finetune_steps: int = 10157
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+    beta_ds: float = 0.3
+    n_ds_layers: int = 5
+    # data
+    train_leadfield: str = ""
+    val_leadfield: str = ""
+    montage: str = "train-64"
+    spacing: str = "ico3"
+    conductivity: tuple = (0.3, 0.006, 0.3)
+    val_conductivity: tuple = (0.33, 0.0045, 0.27)
+    bem_ico: int = 4
+    simulation: dict = field(default_factory=dict)
+    # validation
+    val_size: int = 1000
+    val_batch_size: int = 250
+    val_seed: int = 20240
+    val_interval: int = 0
+    val_metrics_size: int = 100
+    val_per_layer: bool = True
+    # run
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    out_dir: str = "runs/train"
+    checkpoint_interval: int = 200
+    max_minutes: float = 0.0
+    log_file: str = "train_log.jsonl"
+    log_interval: int = 10
+    num_threads: int = 0
+    progress: bool = True
+    export_name: str = ""
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        self.conductivity = tuple(float(c) for c in self.conductivity)
+        self.val_conductivity = tuple(float(c) for c in self.val_conductivity)
+        if self.model not in TRAINABLE_MODELS:
+            raise ValueError(f"model must be one of {TRAINABLE_MODELS}, got "
+                             f"{self.model!r} (the classical 'cb' has nothing "
+                             "to train).")
+        for name in ("n_layers", "hidden", "embed_dim", "n_heads", "batch_size",
+                     "val_size", "val_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_layers < 2:
+            raise ValueError("n_layers must be >= 2 (the last layer is classical).")
+        for name in ("phase_steps", "finetune_steps", "n_ds_layers", "val_interval",
+                     "checkpoint_interval", "val_metrics_size", "num_threads"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_interval < 1:
+            raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
+        for name in ("lr", "finetune_lr", "grad_clip", "adam_eps"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be 'constant' or 'cosine', got "
+                             f"{self.lr_schedule!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.beta_ds < 0 or self.rel_threshold < 0 or self.max_minutes < 0:
+            raise ValueError("beta_ds, rel_threshold and max_minutes must be >= 0")
+        if len(self.conductivity) != 3 or len(self.val_conductivity) != 3:
+            raise ValueError("conductivity and val_conductivity need 3 values "
+                             "(brain, skull, scalp)")
+        self.simulation = _resolve_simulation(self.simulation)
+
+    # ------------------------------------------------------------------
+    @property
+    def name(self):
+        """Export / registry name, e.g. ``deep-cb_joint``."""
+        if self.export_name:
+            return self.export_name
+        return f"{self.model}_{'joint' if self.learn_noise else 'source'}"
+
+    def simulation_config(self):
+        """The :class:`~mne_unfolded_sbl.simulation.SimulationConfig` to use."""
+        from ..simulation import SimulationConfig
+
+        return SimulationConfig(**self.simulation)
+
+    def network_kwargs(self, n_sources, n_sensors):
+        """Keyword arguments of :class:`~mne_unfolded_sbl.network.UnfoldedSBL`."""
+        return dict(n_layers=self.n_layers, model=self.model,
+                    learn_noise=self.learn_noise, n_sources=int(n_sources),
+                    n_sensors=int(n_sensors), hidden=self.hidden,
+                    embed_dim=self.embed_dim, n_heads=self.n_heads,
+                    rel_threshold=self.rel_threshold or None,
+                    noise_init=self.noise_init)
+
+    def to_dict(self):
+        """Plain dict (JSON/TOML-serialisable: lists instead of tuples)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of :meth:`to_dict` (unknown keys raise an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown training config keys: {unknown}. Known: "
+                             f"{sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes):
+        """Copy with some fields changed (validated again)."""
+        d = self.to_dict()
+        d.update(changes)
+        return TrainConfig.from_dict(d)
+
+    def differences(self, other, ignore=RUNTIME_FIELDS):
+        """Names of the fields (outside ``ignore``) that differ from ``other``."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ignore and a[k] != b[k]]
+
+    def to_toml(self):
+        """TOML text that :func:`load_config` reads back to an equal config."""
+        d = self.to_dict()
+        lines = []
+        for section, names in SECTIONS.items():
+            lines.append(f"[{section}]")
+            lines += [f"{n} = {_toml_value(d[n])}" for n in names]
+            lines.append("")
+        sim = d["simulation"]
+        lines.append("[simulation]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in sim.items()
+                  if not isinstance(v, dict)]
+        for k, v in sim.items():
+            if isinstance(v, dict):
+                lines += ["", f"[simulation.{k}]"]
+                lines += [f"{_toml_key(kk)} = {_toml_value(vv)}"
+                          for kk, vv in v.items()]
+        return "\n".join(lines) + "\n"
+
+
+def load_config(fname=None, **overrides):
+    """Read a :class:`TrainConfig` from a TOML file (None: all defaults).
+
+    Parameters
+    ----------
+    fname : path-like | None
+        TOML file.
+    **overrides
+        Fields to set after reading (e.g. ``device="cuda"``); a
+        ``simulation`` dict is merged into the file's ``[simulation]``.
+    """
+    d = {}
+    if fname is not None:
+        with open(fname, "rb") as f:
+            raw = tomllib.load(f)
+        for key, value in raw.items():
+            if key == "simulation" or not isinstance(value, dict):
+                items = {key: value}.items()
+            else:
+                items = value.items()
+            for k, v in items:
+                if k in d:
+                    raise ValueError(f"{fname}: key {k!r} is given twice")
+                d[k] = v
+    for k, v in overrides.items():
+        if k == "simulation":  # merged, not replaced
+            d["simulation"] = {**d.get("simulation", {}), **v}
+        elif k.startswith("simulation."):
+            d.setdefault("simulation", {})[k.split(".", 1)[1]] = v
+        else:
+            d[k] = v
+    return TrainConfig.from_dict(d)
+
+
+def _resolve_simulation(sim):
+    """Fill in the SimulationConfig defaults and validate (plain types)."""
+    from ..simulation import SimulationConfig
+
+    if isinstance(sim, SimulationConfig):
+        sim = dataclasses.asdict(sim)
+    allowed = {f.name for f in fields(SimulationConfig)}
+    unknown = sorted(set(sim) - allowed)
+    if unknown:
+        raise ValueError(f"Unknown [simulation] keys {unknown}; known: "
+                         f"{sorted(allowed)}")
+    resolved = dataclasses.asdict(SimulationConfig(**sim))
+    return json.loads(json.dumps(resolved))
+
+
+def _toml_key(k):
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("TOML values must be finite")
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"Cannot write {type(v).__name__} to TOML")
+
+
+def write_config(config, fname):
+    """Write ``config`` as TOML to ``fname``."""
+    Path(fname).write_text(config.to_toml())
+    return Path(fname)

@@ -1,0 +1,207 @@
+"""Lead fields and on-the-fly simulated batches for training.
+
+No stored data set: every training batch is simulated on the training device
+from a seed derived from ``(seed, rank, phase, step)``, so a resumed run
+draws exactly the batches an uninterrupted run draws, whatever the RNG
+history, and every data-parallel rank draws its own shard. The validation
+set is fixed: ``val_size`` samples regenerated chunk by chunk from
+``val_seed`` on the validation lead field (perturbed conductivities).
+
+The ``.npz`` path (:func:`read_leadfield_npz`) needs only numpy, so training
+can run where MNE is not installed; computing lead fields from the template
+forward (:func:`leadfields_from_forward`) needs MNE.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_TRAIN, _VAL, _DS = 1, 2, 3  # stream tags of derive_seed
+
+
+@dataclass
+class LeadField:
+    """An average-referenced fixed-orientation EEG lead field."""
+
+    L: np.ndarray  # (M, N) float64, average reference
+    pos: np.ndarray  # (N, 3) metres
+    ch_names: list
+
+    @property
+    def shape(self):
+        return self.L.shape
+
+
+def derive_seed(*ints):
+    """A 63-bit seed from a tuple of non-negative integers (SeedSequence)."""
+    state = np.random.SeedSequence([int(i) for i in ints]).generate_state(
+        2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+def _average_reference(gain):
+    """Subtract the mean over channels from every column (average reference).
+
+    Equivalent to applying MNE's average-reference projector to the gain.
+    """
+    gain = np.asarray(gain, dtype=np.float64)
+    return gain - gain.mean(axis=0, keepdims=True)
+
+
+def read_leadfield_npz(fname):
+    """Read a lead field written by ``save_leadfield_npz`` (numpy only).
+
+    The gain is average-referenced here, as for the data the package sees.
+    """
+    with np.load(Path(fname), allow_pickle=False) as npz:
+        if "gain" not in npz or "source_rr" not in npz:
+            raise ValueError(f"{fname} is not a lead-field file written by "
+                             "mne_unfolded_sbl.datasets.save_leadfield_npz "
+                             "(needs 'gain' and 'source_rr').")
+        L = _average_reference(npz["gain"])
+        pos = np.asarray(npz["source_rr"], dtype=np.float64)
+        names = npz["ch_names"].tolist() if "ch_names" in npz else \
+            [f"EEG{i:03d}" for i in range(L.shape[0])]
+    if pos.shape != (L.shape[1], 3):
+        raise ValueError(f"{fname}: source_rr has shape {pos.shape}, expected "
+                         f"({L.shape[1]}, 3)")
+    return LeadField(L, pos, names)
+
+
+def leadfield_from_forward(fwd):
+    """``LeadField`` from a fixed-orientation EEG forward (needs MNE)."""
+    try:
+        from ..datasets import prepare_leadfield
+    except ImportError:
+        prepare_leadfield = None
+    if prepare_leadfield is not None:
+        L, pos, names = prepare_leadfield(fwd)
+        return LeadField(np.asarray(L, np.float64), np.asarray(pos, np.float64),
+                         list(names))
+    gain = fwd["sol"]["data"]
+    pos = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
+    return LeadField(_average_reference(gain), pos, list(fwd["sol"]["row_names"]))
+
+
+def _forward(config, conductivity):
+    from ..datasets import make_template_forward
+
+    return make_template_forward(config.montage, config.spacing, conductivity,
+                                 bem_ico=config.bem_ico, verbose=False)
+
+
+def leadfields_from_forward(config):
+    """Training and validation lead fields computed from the template (MNE)."""
+    return (leadfield_from_forward(_forward(config, config.conductivity)),
+            leadfield_from_forward(_forward(config, config.val_conductivity)))
+
+
+def load_leadfields(config):
+    """``(train, val)`` lead fields: from the ``.npz`` files when given."""
+    if bool(config.train_leadfield) != bool(config.val_leadfield):
+        raise ValueError("Give both train_leadfield and val_leadfield, or "
+                         "neither (to compute them from the template forward).")
+    if config.train_leadfield:
+        train = read_leadfield_npz(config.train_leadfield)
+        val = read_leadfield_npz(config.val_leadfield)
+    else:
+        train, val = leadfields_from_forward(config)
+    if train.shape != val.shape or train.ch_names != val.ch_names:
+        raise ValueError(f"The training {train.shape} and validation "
+                         f"{val.shape} lead fields must have the same "
+                         "channels and sources.")
+    return train, val
+
+
+def export_leadfields(config, out_dir):
+    """Write the training and validation lead fields of ``config`` to .npz.
+
+    For carrying to a machine without MNE: point ``train_leadfield`` and
+    ``val_leadfield`` of the config there to the returned files. Needs MNE.
+
+    Returns
+    -------
+    train_fname, val_fname : Path
+    """
+    from ..datasets import save_leadfield_npz
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{config.montage}-{config.spacing}-bem{config.bem_ico}"
+    paths = []
+    for kind, cond in (("train", config.conductivity),
+                       ("val", config.val_conductivity)):
+        fname = out_dir / f"{tag}-{kind}.npz"
+        save_leadfield_npz(_forward(config, cond), fname)
+        paths.append(fname)
+    return tuple(paths)
+
+
+class SimulatedData:
+    """Seeded on-the-fly batches for one data-parallel rank.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    train_lf, val_lf : LeadField
+    device, dtype : torch device and dtype of the training.
+    rank, world_size : int
+        Data-parallel rank and number of ranks; each rank draws
+        ``config.batch_size // world_size`` samples per step.
+    """
+
+    def __init__(self, config, train_lf, val_lf, device, dtype, rank=0,
+                 world_size=1):
+        from ..simulation import EEGSimulator
+
+        if config.batch_size % world_size:
+            raise ValueError(f"batch_size={config.batch_size} must be divisible "
+                             f"by the number of ranks ({world_size}).")
+        self.config = config
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.local_batch = config.batch_size // world_size
+        self.device, self.dtype = torch.device(device), dtype
+        sim_cfg = config.simulation_config()
+        self.train_sim = EEGSimulator(train_lf.L, train_lf.pos, sim_cfg,
+                                      device=device, dtype=dtype, seed=0)
+        self.val_sim = EEGSimulator(val_lf.L, val_lf.pos, sim_cfg,
+                                    device=device, dtype=dtype, seed=0)
+        # the network always inverts with the training lead field (the
+        # validation data come from the perturbed one: no inverse crime)
+        self.L = self.train_sim.L
+        self.pos = np.asarray(train_lf.pos)
+
+    def train_batch(self, phase, step, rank=None):
+        """The batch of ``rank`` (default: this rank) at ``(phase, step)``."""
+        rank = self.rank if rank is None else int(rank)
+        seed = derive_seed(self.config.seed, _TRAIN, rank, phase, step)
+        return _finish(self.train_sim.sample(self.local_batch, seed=seed))
+
+    def ds_generator(self, phase, step):
+        """CPU generator for the deep-supervision draw (same on every rank)."""
+        return torch.Generator().manual_seed(
+            derive_seed(self.config.seed, _DS, phase, step))
+
+    def val_batches(self, n=None):
+        """Yield the fixed validation set in chunks (the same at every call)."""
+        n = self.config.val_size if n is None else min(int(n), self.config.val_size)
+        bs = self.config.val_batch_size
+        for i, start in enumerate(range(0, self.config.val_size, bs)):
+            if start >= n:
+                return
+            b = min(bs, self.config.val_size - start)
+            batch = _finish(self.val_sim.sample(
+                b, seed=derive_seed(self.config.val_seed, _VAL, i)))
+            if start + b > n:
+                batch = {k: v[: n - start] for k, v in batch.items()}
+            yield batch
+
+
+def _finish(sample):
+    from ..solver import covariance_statistic
+
+    Y = sample["Y"]
+    return dict(Y=Y, X=sample["X"], noise_var=sample["noise_var"],
+                Cy=covariance_statistic(Y))

@@ -1,0 +1,80 @@
+"""Training objective (paper eq. 12-14, appendix A.1).
+
+``loss = l_K + beta_ds * mean_{k in S} l_k`` with
+
+* ``l_k`` the per-sample normalised squared error of the posterior mean
+  after layer ``k``, ``||Xbar_k - X||_F^2 / ||X||_F^2``, averaged over the
+  mini-batch (scale-free: samples of any amplitude weigh the same; it is the
+  paper's rMSE, so the validation loss reads directly as a mean rMSE);
+* ``S`` a set of ``n_ds_layers`` (5) layers drawn uniformly without
+  replacement, once per mini-batch, among the intermediate layers (all but
+  the supervised output layer).
+
+In a progressive phase that trains layer ``k``, the network runs layers
+``0..k`` only and ``l_K`` is the loss after layer ``k``; the earlier layers
+are frozen, so a deep-supervision term on them would be a constant with no
+gradient and it is not computed there.
+"""
+
+import torch
+from torch import nn
+
+
+def nmse(X_est, X):
+    """Per-sample ``||X_est - X||^2 / ||X||^2``, shape (B,), summed in float64."""
+    d = X_est - X
+    num = (d * d).sum(dim=(1, 2), dtype=torch.float64)
+    den = (X * X).sum(dim=(1, 2), dtype=torch.float64)
+    return num / den.clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def draw_ds_layers(n_candidates, n_ds, generator):
+    """Sorted indices of ``min(n_ds, n_candidates)`` distinct layers."""
+    n = min(int(n_ds), int(n_candidates))
+    if n <= 0:
+        return []
+    perm = torch.randperm(int(n_candidates), generator=generator)[:n]
+    return sorted(int(i) for i in perm)
+
+
+class LossModule(nn.Module):
+    """Wraps the network so that one ``forward`` returns the training loss.
+
+    This is the module given to
+    :class:`~torch.nn.parallel.DistributedDataParallel`: its forward runs the
+    network and the posterior means, so DDP sees the whole graph.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, L, batch, n_layers, ds_layers=(), beta_ds=0.0):
+        """Return ``(loss, l_final, l_ds)`` (the last two detached).
+
+        Parameters
+        ----------
+        L : torch.Tensor, shape (M, N)
+        batch : dict
+            ``Y``, ``X``, ``Cy`` and ``noise_var`` (used by source-only nets).
+        n_layers : int
+            Run the first ``n_layers`` layers; the output after the last of
+            them is supervised.
+        ds_layers : sequence of int
+            Trajectory indices (< ``n_layers - 1``) of the deep supervision.
+        beta_ds : float
+        """
+        net = self.net
+        noise_var = None if net.learn_noise else batch["noise_var"]
+        ds_layers = list(ds_layers) if beta_ds > 0 else []
+        out = net(L, batch["Cy"], noise_var, n_layers=n_layers,
+                  return_trajectory=bool(ds_layers))
+        l_final = nmse(out.posterior_mean(batch["Y"]), batch["X"]).mean()
+        loss = l_final
+        l_ds = torch.zeros((), dtype=torch.float64, device=l_final.device)
+        if ds_layers:
+            l_ds = torch.stack([
+                nmse(out.posterior_mean(batch["Y"], layer=k), batch["X"]).mean()
+                for k in ds_layers]).mean()
+            loss = loss + beta_ds * l_ds
+        return loss, l_final.detach(), l_ds.detach()
