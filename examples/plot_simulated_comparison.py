@@ -1,9 +1,9 @@
 """
 .. _ex-simulated-comparison:
 
-==========================================================================
+==============================================================================
 Deep CB, convex bounding, sLORETA and gamma-MAP on a simulated evoked response
-==========================================================================
+==============================================================================
 
 We simulate EEG from five focal cortical sources on the fsaverage template
 (64-channel cap, ico3 source space) with heteroscedastic sensor noise, and

@@ -855,7 +855,7 @@ def plot_noisiest_channels(ch_names, std, *, n=15, unit="µV",
 
 
 def plot_convergence(trajectories, *, title="Convergence per layer"):
-    """Type-II cost, relative change of gamma and mean |correction| per layer.
+    """Type-II cost, relative change of gamma and mean ``|correction|`` per layer.
 
     Parameters
     ----------
