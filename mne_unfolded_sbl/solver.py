@@ -37,6 +37,14 @@ LOG_EPS = 1e-30
 
 _JITTERS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4)
 
+#: Bounds of the log-variances after each (corrected) update, in the
+#: normalised units of :func:`normalize_problem` (unit mean sensor power,
+#: unit mean lead-field row power). The classical solver never reaches
+#: them; they stop learned corrections from compounding over layers into a
+#: float32 overflow (gamma) or a singular ``Sigma_y`` (lambda -> 0).
+LOG_GAMMA_MAX = float(torch.log(torch.tensor(1e8)))
+LOG_LAMBDA_RANGE = (float(torch.log(torch.tensor(1e-10))), LOG_GAMMA_MAX)
+
 
 @dataclass
 class Precision:
@@ -316,7 +324,8 @@ def source_step(L, Cy, state, correction=None, rel_threshold=None):
         log_gamma_old = torch.log(state.gamma + LOG_EPS)
         delta = correction(s, q, log_gamma_old)
         log_g = log_g + delta
-    gamma = hard_threshold(torch.exp(log_g), rel_threshold)
+    gamma = hard_threshold(torch.exp(log_g.clamp(max=LOG_GAMMA_MAX)),
+                           rel_threshold)
     return gamma, dict(a=st.a, b=st.b, s=s, q=q, delta=delta, cost=st.cost)
 
 
@@ -333,7 +342,7 @@ def noise_step(Cy, S, lam, correction=None):
     if correction is not None:
         delta = correction(u, v, torch.log(lam + LOG_EPS))
         log_l = log_l + delta
-    return torch.exp(log_l), dict(r=st.r, c=st.c, u=u, v=v, delta=delta,
+    return torch.exp(log_l.clamp(*LOG_LAMBDA_RANGE)), dict(r=st.r, c=st.c, u=u, v=v, delta=delta,
                                   cost=st.cost)
 
 

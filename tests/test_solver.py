@@ -216,3 +216,20 @@ def test_source_only_needs_noise(problem):
         UnfoldedSBL(3, "cb", learn_noise=False)(Lt, covariance_statistic(Yt))
     with pytest.raises(ValueError, match="model must be one of"):
         UnfoldedSBL(3, "deep-xx")
+
+
+def test_runaway_corrections_stay_finite(problem):
+    """Corrections pushing every layer up/down cannot overflow Sigma_y."""
+    L, _, Y, _, _ = problem
+    Lt, Yt = _torch(L, Y[None], dtype=torch.float32)
+    Cy = covariance_statistic(Yt)
+    for sign in (1.0, -1.0):
+        net = UnfoldedSBL(25, "deep-cb", True)
+        with torch.no_grad():
+            for layer in net.layers[:-1]:
+                layer.source_correction.net[-1].bias.fill_(sign * 100.0)
+                layer.noise_correction.net[-1].bias.fill_(-sign * 100.0)
+            out = net(Lt, Cy)
+            X = out.posterior_mean(Yt)
+        assert torch.isfinite(out.gamma).all() and torch.isfinite(X).all()
+        assert torch.isfinite(out.lam).all() and (out.lam > 0).all()
