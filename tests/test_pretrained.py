@@ -1,0 +1,79 @@
+"""Bundled weights: hash-checked loading, stored reference output, errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mne_unfolded_sbl import pretrained
+from mne_unfolded_sbl.network import UnfoldedSBL
+from mne_unfolded_sbl.pretrained import (fetch_weights, load_model, load_weights,
+                                         registry, save_model)
+from mne_unfolded_sbl.solver import covariance_statistic
+
+REFERENCE = Path(__file__).parent / "data" / "deep-cb_joint_reference.npz"
+
+
+def test_registry_lists_bundled_files_with_hashes():
+    reg = registry()
+    assert "deep-cb_joint" in reg
+    for key, entry in reg.items():
+        path = fetch_weights(key)
+        assert path.is_file() and len(entry["sha256"]) == 64
+
+
+def test_bundled_weights_reproduce_reference_output():
+    ref = np.load(REFERENCE)
+    if str(ref["sha256"]) != registry()["deep-cb_joint"]["sha256"]:
+        pytest.fail("deep-cb_joint weights changed: regenerate "
+                    "tests/data/deep-cb_joint_reference.npz with the new file")
+    net = load_model("deep-cb", learn_noise=True).double()
+    assert net.model == "deep-cb" and net.n_layers == 25 and net.learn_noise
+    with torch.no_grad():
+        out = net(torch.tensor(ref["L"]),
+                  covariance_statistic(torch.tensor(ref["Y"])[None]))
+    np.testing.assert_allclose(out.gamma[0].numpy(), ref["gamma"], rtol=1e-9,
+                               atol=1e-12 * ref["gamma"].max())
+    np.testing.assert_allclose(out.lam[0].numpy(), ref["lam"], rtol=1e-9)
+    # and the learned corrections are really in use (differs from classical)
+    cb = UnfoldedSBL(25, "cb", True).double()
+    with torch.no_grad():
+        g_cb = cb(torch.tensor(ref["L"]),
+                  covariance_statistic(torch.tensor(ref["Y"])[None])).gamma
+    assert not np.allclose(g_cb[0].numpy(), ref["gamma"], rtol=1e-3)
+
+
+def test_corrupted_bundled_file_is_refused(tmp_path, monkeypatch):
+    src = pretrained._bundled_dir()
+    fake = tmp_path / "bundle"
+    shutil.copytree(src, fake)
+    entry = json.loads((fake / "registry.json").read_text())["deep-cb_joint"]
+    with open(fake / entry["file"], "r+b") as f:  # flip one byte
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(pretrained, "_bundled_dir", lambda: fake)
+    with pytest.raises(ValueError, match="corrupted or was modified"):
+        load_model("deep-cb", learn_noise=True)
+
+
+def test_unregistered_model_gives_clear_error():
+    with pytest.raises(ValueError, match="No pretrained weights named "
+                                         "'deep-attn-cb_source'"):
+        load_model("deep-attn-cb", learn_noise=False)
+
+
+def test_save_load_round_trip(tmp_path):
+    net = UnfoldedSBL(4, "deep-attn-cb", True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fname = save_model(net, tmp_path / "w.safetensors", card={"note": "test"})
+    back = load_weights(fname)
+    assert back.config == net.config
+    for (k, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
