@@ -1,0 +1,212 @@
+"""``mne-unfolded-sbl benchmark``: Table-3 style comparison on simulated data.
+
+Examples::
+
+    mne-unfolded-sbl benchmark --setting train-cap-ico3 --n-samples 200 --out bench
+    mne-unfolded-sbl benchmark --setting things-cap-ico3 --methods classical,sloreta
+    mne-unfolded-sbl benchmark --sweep snr --n-samples 50 --out bench
+    mne-unfolded-sbl benchmark --curve layers --n-samples 100 --out bench
+    python -m mne_unfolded_sbl.benchmark.cli --help
+
+Writes ``{setting}.md`` / ``{setting}.csv`` (summary: mean, std, median,
+quartiles of rMSE, EMD, F1, LE and seconds per sample, one row per
+method), ``{setting}_samples.csv`` (every sample), ``{setting}.png`` (box
+plots), and for sweeps / curves ``{setting}_sweep-{name}.*`` /
+``{setting}_curve-layers.*``; ``run.json`` records the command, versions,
+thread count and load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser):
+    """Add the ``benchmark`` options to an :class:`argparse.ArgumentParser`."""
+    from .methods import CB_MAX_ITER, CB_TOL, GROUPS, MXNE_ALPHA
+    from .settings import SETTINGS
+    from .sweeps import SWEEPS
+
+    parser.add_argument(
+        "--setting", action="append", metavar="NAME",
+        help=f"benchmark setting, repeatable: {', '.join(SETTINGS)} or 'all' "
+             "(default: train-cap-ico3)")
+    parser.add_argument(
+        "--methods", default="default",
+        help="comma-separated method keys and groups "
+             f"({', '.join(GROUPS)}); e.g. 'classical,sloreta,gamma-map'; a "
+             "path ending in .safetensors adds those weights (default: "
+             "'default' = every method except plain MNE minimum norm). "
+             "Use --list-methods to see the keys.")
+    parser.add_argument("--list-methods", action="store_true",
+                        help="print the available methods and exit")
+    parser.add_argument("--n-samples", type=int, default=200,
+                        help="simulated samples per setting (or sweep point); "
+                             "default 200, the paper reports 1000")
+    parser.add_argument("--seed", type=int, default=0, help="simulation seed")
+    parser.add_argument("--out", default="benchmark_out",
+                        help="output folder (Markdown, CSV, PNG)")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS),
+                        help="sweep one simulation parameter (Figures 5, 7)")
+    parser.add_argument("--sweep-values", type=float, nargs="+",
+                        help="values of the sweep (SNR dB, source count, "
+                             "spread in metres)")
+    parser.add_argument("--curve", choices=["layers"],
+                        help="metrics vs iteration/layer for the SBL methods "
+                             "(Figure 4)")
+    parser.add_argument("--cb-layers", type=int, default=100,
+                        help="iterations of the classical solver in --curve "
+                             "layers (default 100)")
+    parser.add_argument("--max-seconds", type=float,
+                        help="time budget per method and run (solve time); "
+                             "a method that spent it skips the remaining "
+                             "batches (its n is then smaller)")
+    parser.add_argument("--dtype", choices=["float32", "float64"],
+                        default="float32", help="precision of the SBL methods")
+    parser.add_argument("--batch-size", type=int,
+                        help="samples per batch (default: per setting)")
+    parser.add_argument("--bem-ico", type=int, choices=[3, 4],
+                        help="BEM resolution override (3 is fast; default 4)")
+    parser.add_argument("--mxne-alpha", type=float, default=MXNE_ALPHA,
+                        help=f"MxNE alpha in %% of alpha_max (default {MXNE_ALPHA:g})")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for torch and BLAS (default: "
+                             "library defaults; 1 is steadier on a shared "
+                             "machine)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar")
+    parser.set_defaults(_cb_tol=CB_TOL, _cb_max_iter=CB_MAX_ITER)
+    return parser
+
+
+def _settings(args):
+    from .settings import SETTINGS, get_setting
+
+    names = args.setting or ["train-cap-ico3"]
+    if "all" in names:
+        names = list(SETTINGS)
+    for n in names:
+        get_setting(n)  # ValueError for unknown names
+    return names
+
+
+def _record(args, out, extra):
+    import mne
+    import numpy as np
+    import torch
+
+    rec = dict(
+        command=" ".join(["mne-unfolded-sbl", "benchmark"] + sys.argv[2:])
+        if Path(sys.argv[0]).name.startswith("mne-unfolded-sbl")
+        else " ".join(sys.argv),
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        args={k: v for k, v in vars(args).items() if not k.startswith("_")},
+        versions=dict(python=platform.python_version(), torch=torch.__version__,
+                      mne=mne.__version__, numpy=np.__version__),
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
+                     torch_threads=torch.get_num_threads(),
+                     loadavg=os.getloadavg() if hasattr(os, "getloadavg")
+                     else None),
+    )
+    rec.update(extra)
+    path = Path(out) / "run.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    old = old if isinstance(old, list) else [old]
+    path.write_text(json.dumps(old + [rec], indent=1, default=str))
+    return path
+
+
+def _run_all(args):
+    from . import plots
+    from .methods import resolve_methods
+    from .runner import run_benchmark
+    from .sweeps import SWEEPS, run_layer_curve, run_sweep
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(n_samples=args.n_samples, seed=args.seed,
+                  progress=not args.no_progress)
+    written = []
+    for name in _settings(args):
+        methods = resolve_methods(args.methods, dtype=args.dtype,
+                                  mxne_alpha=args.mxne_alpha)
+        if args.curve == "layers":
+            res = run_layer_curve(name, methods, cb_layers=args.cb_layers,
+                                  dtype=args.dtype, batch_size=args.batch_size,
+                                  bem_ico=args.bem_ico, **common)
+            stem = f"{name}_curve-layers"
+            paths = res.write(out, stem)
+            paths["png"] = plots.plot_lines(
+                res.summary(), "layer", out / f"{stem}.png",
+                xlabel="iteration / layer", title=res.info["title"], log_x=True)
+        elif args.sweep:
+            res = run_sweep(name, args.sweep, args.sweep_values, methods,
+                            dtype=args.dtype, batch_size=args.batch_size,
+                            max_seconds=args.max_seconds, bem_ico=args.bem_ico,
+                            **common)
+            stem = f"{name}_sweep-{args.sweep}"
+            paths = res.write(out, stem)
+            _, _, axis, scale = SWEEPS[args.sweep]
+            paths["png"] = plots.plot_lines(
+                res.summary(), "value", out / f"{stem}.png", xlabel=axis,
+                title=res.info["title"], x_scale=scale)
+        else:
+            res = run_benchmark(name, methods, dtype=args.dtype,
+                                batch_size=args.batch_size,
+                                max_seconds=args.max_seconds,
+                                bem_ico=args.bem_ico, **common)
+            stem = name
+            paths = res.write(out, stem)
+            paths["png"] = plots.plot_metrics(res, out / f"{stem}.png")
+        _record(args, out, dict(output=stem, info=res.info))
+        print((out / f"{stem}.md").read_text(encoding="utf-8")
+              if (out / f"{stem}.md").is_file() else f"wrote {paths['csv']}")
+        written.append(paths)
+    return written
+
+
+def run(args):
+    """Run the ``benchmark`` command from parsed arguments."""
+    if args.list_methods:
+        from .methods import resolve_methods
+
+        for m in resolve_methods("all"):
+            print(f"{m.key:18s} {m.describe()}")
+        return 0
+    if args.sweep and args.curve:
+        raise SystemExit("Give --sweep or --curve, not both.")
+    if args.threads:
+        import contextlib
+
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limits = threadpool_limits(int(args.threads))
+        except ImportError:  # BLAS threads then follow OMP_NUM_THREADS
+            limits = contextlib.nullcontext()
+        with limits:
+            _run_all(args)
+    else:
+        _run_all(args)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="mne-unfolded-sbl benchmark",
+        description="Compare solvers on simulated data (Table-3 style).")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Run methods on simulated samples and summarise the metrics (Table 3)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .methods import Batch, resolve_methods
+from .settings import Problem, get_setting, load_problem
+
+#: Metrics of the tables: key -> (column title, unit scale, format).
+METRICS = {
+    "rmse": ("rMSE", 1.0, "{:.3f}"),
+    "emd": ("EMD (mm)", 1e3, "{:.2f}"),
+    "f1": ("F1", 1.0, "{:.3f}"),
+    "le": ("LE (mm)", 1e3, "{:.2f}"),
+}
+
+
+def sample_seed(seed, index):
+    """Seed of sample ``index`` of a run with ``seed``.
+
+    Every sample has its own seed, so sample ``i`` is the same whatever the
+    batch size and ``n_samples`` (a 200-sample run is the start of the
+    1000-sample run with the same seed).
+    """
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def simulate_batches(problem, n_samples, seed=0, batch_size=None):
+    """Yield :class:`~mne_unfolded_sbl.benchmark.methods.Batch` es of simulated data.
+
+    Data come from ``problem.L_sim`` (perturbed conductivities) in float64.
+    """
+    from ..simulation import EEGSimulator
+
+    sim = EEGSimulator(problem.L_sim, problem.pos, problem.config,
+                       dtype=torch.float64, seed=0)
+    bs = int(batch_size or problem.setting.batch_size)
+    for start in range(0, int(n_samples), bs):
+        idx = np.arange(start, min(int(n_samples), start + bs))
+        draws = [sim.sample(1, seed=sample_seed(seed, i)) for i in idx]
+        yield Batch(
+            Y=torch.cat([d["Y"] for d in draws]).numpy(),
+            X=torch.cat([d["X"] for d in draws]).numpy(),
+            noise_var=torch.cat([d["noise_var"] for d in draws]).numpy(),
+            index=idx,
+        )
+
+
+def _evaluate(problem, X_true, X_est, metric_kw):
+    from ..metrics import evaluate
+
+    return evaluate(X_true, X_est, problem.pos, neighbors=problem.neighbors,
+                    verbose=False, **metric_kw)
+
+
+@dataclass
+class BenchmarkResult:
+    """Per-sample records of a run and their per-method summary.
+
+    Attributes
+    ----------
+    records : list of dict
+        One per (method, sample): ``method``, ``label``, ``sample``,
+        ``rmse``, ``emd``, ``le`` (metres), ``f1``, ``precision``,
+        ``recall``, ``empty``, ``failed``, ``seconds``, ``setup_seconds``,
+        ``n_iter``.
+    methods : list of Method
+    info : dict
+        Setting, seed, sample count, skipped methods (time budget).
+    """
+
+    records: list
+    methods: list
+    info: dict = field(default_factory=dict)
+
+    def summary(self):
+        """One row per method: ``n``, mean/std/median/q25/q75 of each metric,
+        mean seconds per sample, setup seconds, mean iterations."""
+        return summarize(self.records, self.methods)
+
+    # -- writers ---------------------------------------------------------
+    def write(self, out_dir, stem):
+        """Write ``{stem}.md``, ``{stem}.csv`` and ``{stem}_samples.csv``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.summary()
+        paths = dict(
+            csv=write_csv(rows, out_dir / f"{stem}.csv"),
+            samples=write_csv(self.records, out_dir / f"{stem}_samples.csv"),
+            md=out_dir / f"{stem}.md",
+        )
+        paths["md"].write_text(markdown_table(rows, title=self.info.get("title")),
+                               encoding="utf-8")
+        return paths
+
+
+def _stats(values):
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return dict(mean=np.nan, std=np.nan, median=np.nan, q25=np.nan,
+                    q75=np.nan)
+    q25, med, q75 = np.percentile(v, [25, 50, 75])
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1
+                else 0.0, median=float(med), q25=float(q25), q75=float(q75))
+
+
+def summarize(records, methods, by=()):
+    """Summary rows of ``records`` per method (and per the keys in ``by``)."""
+    groups = {}
+    order = {m.key: i for i, m in enumerate(methods)}
+    for r in records:
+        k = tuple(r[b] for b in by) + (r["method"],)
+        groups.setdefault(k, []).append(r)
+    rows = []
+    for k in sorted(groups, key=lambda k: (k[:-1], order.get(k[-1], 1e9))):
+        recs = groups[k]
+        row = {b: v for b, v in zip(by, k[:-1])}
+        row.update(method=k[-1], label=recs[0]["label"], n=len(recs))
+        for name, (_, scale, _) in METRICS.items():
+            st = _stats([r[name] for r in recs])
+            suffix = "_mm" if scale != 1.0 else ""
+            for s, v in st.items():
+                row[f"{name}{suffix}_{s}"] = v * scale
+        row["seconds_per_sample"] = float(np.mean([r["seconds"] for r in recs]))
+        setup = [r["setup_seconds"] for r in recs]
+        row["setup_seconds_per_sample"] = float(np.nanmean(setup)) \
+            if np.any(np.isfinite(setup)) else np.nan
+        it = [r["n_iter"] for r in recs]
+        row["n_iter_mean"] = float(np.nanmean(it)) if np.any(np.isfinite(it)) \
+            else np.nan
+        row["n_empty"] = int(sum(bool(r["empty"]) for r in recs))
+        row["n_failed"] = int(sum(bool(r["failed"]) for r in recs))
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, fmt="{:.3g}"):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return fmt.format(v)
+
+
+def _fmt_metric(row, name):
+    _, scale, fmt = METRICS[name]
+    base = f"{name}{'_mm' if scale != 1.0 else ''}"
+    mean, std = row[f"{base}_mean"], row[f"{base}_std"]
+    if abs(mean) >= 1000 if math.isfinite(mean) else False:
+        return f"{mean:.3g} ± {std:.2g}"
+    return f"{_fmt(mean, fmt)} ± {_fmt(std, fmt)}"
+
+
+def _fmt_iqr(row, name):
+    _, scale, fmt = METRICS[name]
+    base = f"{name}{'_mm' if scale != 1.0 else ''}"
+    med, lo, hi = (row[f"{base}_{s}"] for s in ("median", "q25", "q75"))
+    f = "{:.3g}" if math.isfinite(med) and abs(med) >= 1000 else fmt
+    return f"{_fmt(med, f)} [{_fmt(lo, f)}, {_fmt(hi, f)}]"
+
+
+def markdown_table(rows, title=None, extra_cols=()):
+    """Markdown tables: mean ± std, then median [q25, q75], per method."""
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    head = list(extra_cols) + ["Method", "n"] + [METRICS[m][0] for m in METRICS] \
+        + ["s/sample", "setup s/sample", "iter."]
+    for kind in ("mean ± std", "median [q25, q75]"):
+        lines.append(f"{kind}:")
+        lines.append("")
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join("---" for _ in head) + "|")
+        for r in rows:
+            cells = [str(r[c]) for c in extra_cols] + [r["label"], str(r["n"])]
+            for m in METRICS:
+                cells.append(_fmt_metric(r, m) if kind.startswith("mean")
+                             else _fmt_iqr(r, m))
+            cells += [_fmt(r["seconds_per_sample"], "{:.4f}"),
+                      _fmt(r["setup_seconds_per_sample"], "{:.3f}"),
+                      _fmt(r["n_iter_mean"], "{:.0f}")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    notes = [r for r in rows if r["n_empty"] or r["n_failed"]]
+    for r in notes:
+        lines.append(f"* {r['label']}: {r['n_empty']} all-zero estimates, "
+                     f"{r['n_failed']} solver failures.")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows, path):
+    """Write a list of dicts as CSV (union of keys, first-seen order)."""
+    path = Path(path)
+    keys = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _csv_value(r.get(k)) for k in keys})
+    return path
+
+
+def _csv_value(v):
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return "" if not math.isfinite(v) else repr(float(v))
+    return v
+
+
+def read_csv(path):
+    """Read a CSV written by :func:`write_csv` (numbers as float)."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = float(v) if v != "" else np.nan
+            except ValueError:
+                pass
+    return rows
+
+
+def as_problem(setting, bem_ico=None, config=None):
+    """A :class:`Problem` from a setting name, a Setting or a Problem."""
+    if isinstance(setting, Problem):
+        return setting if config is None else setting.with_config(config)
+    return load_problem(get_setting(setting), bem_ico=bem_ico, config=config)
+
+
+def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
+                  seed=0, batch_size=None, dtype="float32", max_seconds=None,
+                  progress=True, bem_ico=None, config=None, metric_kw=None,
+                  mxne_alpha=None, extra=None):
+    """Run methods on ``n_samples`` simulated samples of a setting.
+
+    Parameters
+    ----------
+    setting : str | Setting | Problem
+        ``"train-cap-ico3"``, ``"things-cap-ico3"``, ``"things-cap-ico4"``,
+        or a prepared :class:`~mne_unfolded_sbl.benchmark.settings.Problem`.
+    methods : None | str | list of str | list of Method
+        See :func:`~mne_unfolded_sbl.benchmark.methods.resolve_methods`.
+    n_samples, seed : int
+        Sample ``i`` is drawn with :func:`sample_seed` ``(seed, i)``.
+    batch_size : int | None
+        Samples per batch (default: the setting's).
+    dtype : "float32" | "float64"
+        Working precision of the SBL methods.
+    max_seconds : float | None
+        Time budget per method (solve time): once spent, the method runs on
+        no further batch (its ``n`` is then smaller).
+    progress : bool
+        Show a tqdm progress bar.
+    bem_ico, config
+        Override the setting's BEM resolution or simulation config.
+    metric_kw : dict | None
+        Passed to :func:`mne_unfolded_sbl.metrics.evaluate` (thresholds).
+    extra : dict | None
+        Constant columns added to every record (e.g. a sweep value).
+
+    Returns
+    -------
+    result : BenchmarkResult
+    """
+    from tqdm.auto import tqdm
+
+    problem = as_problem(setting, bem_ico, config)
+    if methods is None or isinstance(methods, str) or (
+            len(methods) and isinstance(methods[0], str)):
+        kw = {} if mxne_alpha is None else dict(mxne_alpha=mxne_alpha)
+        methods = resolve_methods(methods, dtype=dtype, **kw)
+    for m in methods:
+        m.prepare(problem)
+    metric_kw = dict(metric_kw or {})
+    spent = {m.key: 0.0 for m in methods}
+    skipped = {}
+    records = []
+    n_samples = int(n_samples)
+    bar = tqdm(total=n_samples * len(methods), disable=not progress,
+               unit="fit", desc=problem.setting.name, leave=True)
+    t_start = time.perf_counter()
+    for batch in simulate_batches(problem, n_samples, seed, batch_size):
+        for m in methods:
+            if max_seconds is not None and spent[m.key] > max_seconds:
+                skipped.setdefault(m.key, int(batch.index[0]))
+                bar.update(len(batch))
+                continue
+            bar.set_postfix_str(m.key)
+            sol = m.solve(batch)
+            spent[m.key] += float(np.sum(sol.seconds))
+            res = _evaluate(problem, batch.X, sol.X, metric_kw)
+            for j, idx in enumerate(batch.index):
+                rec = dict(extra or {})
+                rec.update(
+                    method=m.key, label=m.label, sample=int(idx),
+                    rmse=res["rmse"][j], emd=res["emd"][j], le=res["le"][j],
+                    f1=res["f1"][j], precision=res["precision"][j],
+                    recall=res["recall"][j], empty=bool(res["empty"][j]),
+                    failed=bool(sol.failed[j]) if sol.failed is not None
+                    else False,
+                    seconds=float(sol.seconds[j]),
+                    setup_seconds=float(sol.setup_seconds[j])
+                    if sol.setup_seconds is not None else np.nan,
+                    n_iter=float(sol.n_iter[j]) if sol.n_iter is not None
+                    else np.nan)
+                records.append(rec)
+            bar.update(len(batch))
+    bar.close()
+    info = dict(setting=problem.setting.name, label=problem.setting.label,
+                n_samples=n_samples, seed=int(seed), dtype=dtype,
+                n_sensors=problem.n_sensors, n_sources=problem.n_sources,
+                n_times=problem.config.n_times,
+                bem_ico=problem.setting.bem_ico,
+                wall_seconds=time.perf_counter() - t_start,
+                skipped_after_sample=skipped,
+                methods={m.key: m.describe() for m in methods},
+                title=f"{problem.setting.label}: {n_samples} samples, seed {seed}")
+    return BenchmarkResult(records=records, methods=methods, info=info)
