@@ -144,8 +144,8 @@ def test_time_budget_skips(synth):
 def test_sweep_and_curve(synth, tmp_path):
     from mne_unfolded_sbl.benchmark import plots
 
-    sw = run_sweep(synth, "n-sources", [1, 3], "cb-joint-25", n_samples=3,
-                   progress=False)
+    sw = run_sweep(synth, "n-sources", [1.0, 3], "cb-joint-25", n_samples=3,
+                   progress=False)  # floats from the CLI become counts
     rows = sw.summary()
     assert [(r["value"], r["method"]) for r in rows] == [
         (1, "cb-joint-25"), (3, "cb-joint-25")]
@@ -227,3 +227,40 @@ def test_weights_file_method(synth, tmp_path):
         np.testing.assert_allclose(rows[0][col], rows[1][col], rtol=1e-4)
     curve = run_layer_curve(synth, [str(fname)], n_samples=2, progress=False)
     assert max(r["layer"] for r in curve.summary()) == 25
+
+
+def test_bias_cb_on_other_source_space_is_skipped(synth, tmp_path):
+    from mne_unfolded_sbl.network import UnfoldedSBL
+    from mne_unfolded_sbl.pretrained import save_model
+
+    fname = save_model(UnfoldedSBL(3, "bias-cb", True, n_sources=50,
+                                   n_sensors=10), tmp_path / "bias.safetensors")
+    with pytest.warns(RuntimeWarning, match="tied to 10 sensors x 50 sources"):
+        res = run_benchmark(synth, ["cb-joint-25", str(fname)], n_samples=2,
+                            progress=False)
+    assert [r["method"] for r in res.summary()] == ["cb-joint-25"]
+    assert str(fname) in res.info["incompatible"]
+
+
+def test_sbl_failure_isolated(synth, monkeypatch):
+    """A batch that raises is re-run sample by sample; only the failing
+    sample is marked (all-zero estimate), the run goes on."""
+    import torch
+
+    from mne_unfolded_sbl.benchmark.methods import SBLMethod
+
+    bad = next(iter(simulate_batches(synth, 3, seed=0))).Y[1]
+    orig = SBLMethod.run
+
+    def run(self, Y, nv, return_trajectory=False):
+        if any(torch.allclose(y.double(), torch.as_tensor(bad)) for y in Y):
+            raise FloatingPointError("Sigma_y is not positive definite")
+        return orig(self, Y, nv, return_trajectory)
+
+    monkeypatch.setattr(SBLMethod, "run", run)
+    with pytest.warns(RuntimeWarning, match=r"failed on samples \[1\]"):
+        res = run_benchmark(synth, "cb-joint-25", n_samples=3, progress=False)
+    row = res.summary()[0]
+    assert row["n"] == 3 and row["n_failed"] == 1
+    rec = [r for r in res.records if r["sample"] == 1][0]
+    assert rec["failed"] and rec["f1"] == 0 and rec["rmse"] == 1

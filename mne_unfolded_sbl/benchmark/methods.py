@@ -90,6 +90,11 @@ class Batch:
         return entry["inv"], entry["inv_seconds"]
 
 
+class IncompatibleMethod(ValueError):
+    """A method that cannot run on a setting (e.g. Bias CB on another
+    source space); the runner skips it with a warning."""
+
+
 @dataclass
 class Solution:
     """What :meth:`Method.solve` returns."""
@@ -193,6 +198,16 @@ class SBLMethod(Method):
             self.net = load_model(self.model, learn_noise=self.learn_noise,
                                   n_layers=n_layers)
             self.net = self.net.to(dtype=self._dtype).eval()
+            cfg = self.net.config
+            if self.net.model == "bias-cb" and (
+                    cfg.get("n_sources") != problem.n_sources or (
+                        self.learn_noise
+                        and cfg.get("n_sensors") != problem.n_sensors)):
+                raise IncompatibleMethod(
+                    f"{self.key}: Bias CB weights are tied to "
+                    f"{cfg.get('n_sensors')} sensors x {cfg.get('n_sources')} "
+                    f"sources; this setting has {problem.n_sensors} x "
+                    f"{problem.n_sources}.")
         self.setup_seconds = time.perf_counter() - t0
 
     def _inputs(self, batch):
@@ -222,11 +237,46 @@ class SBLMethod(Method):
     def solve(self, batch):
         Y, nv = self._inputs(batch)
         t0 = time.perf_counter()
-        X, n_iter, _ = self.run(Y, nv)
+        try:
+            X, n_iter, _ = self.run(Y, nv)
+        except (FloatingPointError, RuntimeError) as err:
+            if len(batch) == 1:
+                raise
+            return self._solve_one_by_one(batch, err)
         X = X.to(torch.float64).numpy()
         dt = (time.perf_counter() - t0) / len(batch)
+        failed = ~np.isfinite(X).all(axis=(1, 2))
+        if failed.any():
+            X[failed] = 0.0
+            warnings.warn(f"{self.key}: non-finite estimates for samples "
+                          f"{batch.index[failed].tolist()}", RuntimeWarning,
+                          stacklevel=2)
         return Solution(X=X, seconds=np.full(len(batch), dt),
-                        n_iter=np.asarray(n_iter.numpy(), float))
+                        n_iter=np.asarray(n_iter.numpy(), float), failed=failed)
+
+    def _solve_one_by_one(self, batch, err):
+        """The batch failed (e.g. a non-finite Sigma_y): isolate the
+        failing samples; they get an all-zero estimate and ``failed``."""
+        B = len(batch)
+        X = np.zeros(batch.X.shape)
+        seconds = np.zeros(B)
+        n_iter = np.full(B, np.nan)
+        failed = np.zeros(B, bool)
+        for i in range(B):
+            one = Batch(Y=batch.Y[i:i + 1], X=batch.X[i:i + 1],
+                        noise_var=batch.noise_var[i:i + 1],
+                        index=batch.index[i:i + 1])
+            try:
+                sol = self.solve(one)
+            except (FloatingPointError, RuntimeError):
+                failed[i] = True
+                continue
+            X[i], seconds[i], n_iter[i] = sol.X[0], sol.seconds[0], sol.n_iter[0]
+            failed[i] = bool(sol.failed[0])
+        warnings.warn(f"{self.key} failed on samples "
+                      f"{batch.index[failed].tolist()} ({err})", RuntimeWarning,
+                      stacklevel=3)
+        return Solution(X=X, seconds=seconds, n_iter=n_iter, failed=failed)
 
 
 # ----------------------------------------------------------------------------

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .methods import Batch, resolve_methods
+from .methods import Batch, IncompatibleMethod, resolve_methods
 from .settings import Problem, get_setting, load_problem
 
 #: Metrics of the tables: key -> (column title, unit scale, format).
@@ -281,8 +282,16 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
             len(methods) and isinstance(methods[0], str)):
         kw = {} if mxne_alpha is None else dict(mxne_alpha=mxne_alpha)
         methods = resolve_methods(methods, dtype=dtype, **kw)
+    ready, incompatible = [], {}
     for m in methods:
-        m.prepare(problem)
+        try:
+            m.prepare(problem)
+        except IncompatibleMethod as err:
+            warnings.warn(f"Skipping {err}", RuntimeWarning, stacklevel=2)
+            incompatible[m.key] = str(err)
+            continue
+        ready.append(m)
+    methods = ready
     metric_kw = dict(metric_kw or {})
     spent = {m.key: 0.0 for m in methods}
     skipped = {}
@@ -324,7 +333,7 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
                 n_times=problem.config.n_times,
                 bem_ico=problem.setting.bem_ico,
                 wall_seconds=time.perf_counter() - t_start,
-                skipped_after_sample=skipped,
+                skipped_after_sample=skipped, incompatible=incompatible,
                 methods={m.key: m.describe() for m in methods},
                 title=f"{problem.setting.label}: {n_samples} samples, seed {seed}")
     return BenchmarkResult(records=records, methods=methods, info=info)
