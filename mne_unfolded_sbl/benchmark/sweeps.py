@@ -57,6 +57,12 @@ def run_sweep(setting, sweep, values=None, methods=None, *, n_samples=100,
 
     field_, defaults, axis, _ = get_sweep(sweep)
     values = list(defaults if values is None else values)
+    if field_ == "n_sources":
+        if any(float(v) != int(v) for v in values):
+            raise ValueError(f"n-sources sweep values must be integers, got {values}")
+        values = [int(v) for v in values]
+    else:
+        values = [float(v) for v in values]
     problem = as_problem(setting, kwargs.pop("bem_ico", None))
     dtype = kwargs.get("dtype", "float32")
     if methods is None or isinstance(methods, str) or (
@@ -147,6 +153,7 @@ def run_layer_curve(setting, methods=None, *, n_samples=100, seed=0,
     """
     from tqdm.auto import tqdm
 
+    t_start = time.perf_counter()
     problem = as_problem(setting, bem_ico)
     if methods is None:
         methods = "sbl"
@@ -196,7 +203,8 @@ def run_layer_curve(setting, methods=None, *, n_samples=100, seed=0,
                     bar.update(len(batch))
     bar.close()
     info = dict(setting=problem.setting.name, n_samples=int(n_samples),
-                seed=int(seed), cb_layers=cb_layers,
+                seed=int(seed), cb_layers=cb_layers, dtype=dtype,
+                wall_seconds=time.perf_counter() - t_start,
                 methods={m.key: m.describe() for m in curve_methods},
                 title=f"{problem.setting.label}: metrics vs iteration/layer, "
                       f"{n_samples} samples, seed {seed}")
