@@ -93,7 +93,7 @@ def load_leadfield(path=None, n_channels=64, n_sources=1284, seed=0):
 
 
 def random_data(L, batch, n_times, seed=0, n_active=10, snr_db=10.0):
-    """Focal random data ``Y = L X + E`` (numpy/torch only, no MNE).
+    """Focal random data ``Y = L X + E``, average-referenced (no MNE).
 
     ``X`` has ``n_active`` random sources with white time courses; it is
     never formed densely, so large batches fit in memory.
@@ -109,7 +109,7 @@ def random_data(L, batch, n_times, seed=0, n_active=10, snr_db=10.0):
     nv = LX.pow(2).mean(-1) / 10 ** (snr_db / 10)
     Y = LX + nv.sqrt()[..., None] * torch.randn(LX.shape, generator=g,
                                                  dtype=torch.float64)
-    return Y, nv
+    return Y - Y.mean(-2, keepdim=True), nv  # average reference
 
 
 class Table:
@@ -140,27 +140,35 @@ def _ms(t):
 
 
 def sbl_runner(L_t, learn_noise, *, kind="net", max_iter=25, tol=None,
-               model="cb"):
-    """A closure ``f(Y, nv) -> X`` running one SBL variant.
+               model="cb", output="kernel"):
+    """A closure ``f(Y, nv) -> estimate`` running one SBL variant.
 
     ``kind="cb"``: :func:`~mne_unfolded_sbl.solver.convex_bounding`
-    (``max_iter`` iterations, or until the relative cost decrease < ``tol``)
-    then :func:`~mne_unfolded_sbl.solver.posterior_mean`; ``kind="net"``: the
-    25-layer :class:`~mne_unfolded_sbl.network.UnfoldedSBL` (``model="cb"``
-    untrained, or a registered learned model).
+    (``max_iter`` iterations, or until the relative cost decrease < ``tol``);
+    ``kind="net"``: the 25-layer :class:`~mne_unfolded_sbl.network.UnfoldedSBL`
+    (``model="cb"`` untrained, or a registered learned model). The data are
+    average-referenced: every variant gets the reference's null space.
+    ``output="kernel"`` returns the posterior kernel ``K`` (N x M, what
+    ``apply_unfolded_sbl`` puts in the SourceEstimate: flat in T);
+    ``"mean"`` the dense posterior mean ``K Y`` (N x T).
     """
     from mne_unfolded_sbl.network import UnfoldedSBL
-    from mne_unfolded_sbl.solver import (convex_bounding, covariance_statistic,
+    from mne_unfolded_sbl.solver import (NullSpace, convex_bounding,
+                                         covariance_statistic, posterior_kernel,
                                          posterior_mean)
 
+    null = NullSpace.average_reference(L_t.shape[0], L_t.device)
     if kind == "cb":
         def run(Y, nv):
             Cy = covariance_statistic(Y)
             res = convex_bounding(L_t, Cy, learn_noise=learn_noise,
                                   noise_var=None if learn_noise else nv,
-                                  max_iter=max_iter, tol=tol, tol_type="cost")
+                                  max_iter=max_iter, tol=tol, tol_type="cost",
+                                  null_space=null)
             run.n_iter = int(res.n_iter.max())
-            return posterior_mean(L_t, res.gamma, res.lam, Y)
+            if output == "mean":
+                return posterior_mean(L_t, res.gamma, res.lam, Y, null)
+            return posterior_kernel(L_t, res.gamma, res.lam, null)
         run.n_iter = None
         return run
     if model == "cb":
@@ -173,8 +181,10 @@ def sbl_runner(L_t, learn_noise, *, kind="net", max_iter=25, tol=None,
 
     def run(Y, nv):
         Cy = covariance_statistic(Y)
-        out = net(L_t, Cy, None if learn_noise else nv)
-        return out.posterior_mean(Y)
+        out = net(L_t, Cy, None if learn_noise else nv, null_space=null)
+        if output == "mean":
+            return out.posterior_mean(Y)
+        return out.posterior_kernel()
     run.n_iter = None
     return run
 
@@ -313,7 +323,7 @@ def per_evoked(args, table):
         table.add("per evoked", label, *times, "; ".join(notes))
         print(table.rows[-1], flush=True)
 
-    sbl_row("CB joint, 25 it. (convex_bounding + posterior_mean)", "cb25j",
+    sbl_row("CB joint, 25 it. (convex_bounding + posterior kernel)", "cb25j",
             True, kind="cb", max_iter=25)
     sbl_row("CB source-only, 25 it.", "cb25s", False, kind="cb", max_iter=25)
     sbl_row("CB joint, to convergence (cost tol 1e-6, max 1000 it.)", "cbcj",
@@ -322,6 +332,8 @@ def per_evoked(args, table):
             kind="cb", max_iter=1000, tol=1e-6)
     sbl_row("untrained network, 25 layers, joint", "netj", True)
     sbl_row("untrained network, 25 layers, source-only", "nets", False)
+    sbl_row("untrained network, 25 layers, joint, + dense X = K Y (N x T)",
+            "netj_dense", True, output="mean")
     for name in sorted(registry()):
         model, _, mode = name.rpartition("_")
         sbl_row(f"learned {name}", name, mode == "joint", model=model)
@@ -381,6 +393,33 @@ def per_evoked(args, table):
                   f"learn_noise={learn_noise}) end to end", *times,
                   "; ".join(notes))
         print(table.rows[-1], flush=True)
+    from mne_unfolded_sbl import make_unfolded_sbl_operator
+
+    for model, learn_noise in [("cb", True)] + [
+            (n.rpartition("_")[0], True) for n in sorted(registry())
+            if n.endswith("joint")]:
+        times, notes = [], []
+        for T in Ts:  # forward and noise covariance prepared once
+            ev, cov = data[T]["evoked"], data[T]["cov"]
+            op = make_unfolded_sbl_operator(ev.info, fwd, cov, verbose=False)
+            t, all_t = timeit(lambda: apply_unfolded_sbl(
+                ev, op, None, model=model, learn_noise=learn_noise,
+                verbose=False), args.repeats)
+            times.append(t)
+            notes.append(f"T={T}: min {_ms(min(all_t))}")
+        table.add("per evoked", f"apply_unfolded_sbl(model={model!r}) with a "
+                  "prepared operator", *times, "; ".join(notes))
+        print(table.rows[-1], flush=True)
+    times, notes = [], []
+    for T in Ts:  # the same, materialising the dense (N x T) stc.data
+        ev, cov = data[T]["evoked"], data[T]["cov"]
+        t, all_t = timeit(lambda: apply_unfolded_sbl(
+            ev, fwd, cov, model="cb", verbose=False).data, args.repeats)
+        times.append(t)
+        notes.append(f"T={T}: min {_ms(min(all_t))}")
+    table.add("per evoked", "apply_unfolded_sbl(model='cb') + dense stc.data",
+              *times, "; ".join(notes))
+    print(table.rows[-1], flush=True)
     return res, L
 
 
@@ -446,7 +485,7 @@ def main(argv=None):
     p.add_argument("--skip-long-gamma-map", action="store_true",
                    help="do not run gamma_map at T=10,000 (minutes)")
     p.add_argument("--batches", type=int, nargs="+",
-                   help="throughput batch sizes (default 64 256 on CPU; "
+                   help="throughput batch sizes (default 1 8 32 128 on CPU; "
                         "1 64 256 1024 4096 on CUDA)")
     p.add_argument("--threads", type=int, help="torch/BLAS threads")
     p.add_argument("--profile", action="store_true",
@@ -494,7 +533,7 @@ def main(argv=None):
             L, desc = load_leadfield(args.leadfield)
             header.append(f"* lead field: {desc}, average reference")
             batches = args.batches or ([1, 64, 256, 1024, 4096] if cuda
-                                       else [1, 64, 256])
+                                       else [1, 8, 32, 128])
             throughput(L, args.device, (torch.float32, torch.float64), batches,
                        100, args.throughput_repeats, table, ms_column=True)
             text.append(table.markdown(cols=("throughput", "per evoked")))
@@ -506,7 +545,7 @@ def main(argv=None):
                           "perturbed-conductivity forward")
             res, L = per_evoked(args, table)
             throughput(L, "cpu", (torch.float32, torch.float64),
-                       args.batches or [64, 256], 100, args.throughput_repeats,
+                       args.batches or [8, 32, 128], 100, args.throughput_repeats,
                        table)
             text.append(table.markdown())
             text.append("")

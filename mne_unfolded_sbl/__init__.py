@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 try:
-    from .inverse import apply_unfolded_sbl, apply_unfolded_sbl_epochs  # noqa: F401
+    from .inverse import (UnfoldedSBLOperator, apply_unfolded_sbl,  # noqa: F401
+                          apply_unfolded_sbl_epochs, make_unfolded_sbl_operator)
 except ImportError:  # pragma: no cover - during bootstrap only
     pass

@@ -17,21 +17,78 @@ from .pretrained import load_model
 
 # MNE's own helpers, as used by mne.inverse_sparse.gamma_map
 from mne.inverse_sparse.mxne_inverse import _compute_residual  # noqa: E402
-from .solver import covariance_statistic
+from .solver import NullSpace, covariance_statistic
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _prepare(inst, fwd, noise_cov, rank):
-    """Pick, check and whiten; return the pieces shared by evoked/epochs."""
-    from mne.inverse_sparse.mxne_inverse import _prepare_gain
-    from mne.minimum_norm.inverse import _check_reference
+class UnfoldedSBLOperator:
+    """Forward and noise model prepared for one EEG channel set.
 
+    The analogue of an MNE inverse operator: the fixed-orientation forward,
+    the whitened gain, the whitener (noise covariance and projectors) and
+    the directions the reference removes, computed once by
+    :func:`make_unfolded_sbl_operator` and passed as ``fwd`` to
+    :func:`apply_unfolded_sbl` / :func:`apply_unfolded_sbl_epochs` for every
+    evoked response or epochs object recorded with those channels.
+    """
+
+    def __init__(self, fwd, gain, gain_info, whitener, null_space, rank):
+        self.fwd = fwd
+        self.gain = gain
+        self.info = gain_info
+        self.whitener = whitener
+        self.null_space = null_space
+        self.rank = rank
+
+    @property
+    def ch_names(self):
+        """The EEG channels the operator uses, in order."""
+        return list(self.info["ch_names"])
+
+    @property
+    def n_sources(self):
+        return self.gain.shape[1]
+
+    def __repr__(self):
+        k = 0 if self.null_space is None else self.null_space.rank
+        return (f"<UnfoldedSBLOperator | {len(self.ch_names)} EEG channels, "
+                f"{self.n_sources} sources, data rank {len(self.ch_names) - k}>")
+
+
+@verbose
+def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
+                               verbose=None):
+    """Prepare forward and noise covariance once for many calls.
+
+    Parameters
+    ----------
+    info : mne.Info
+        Measurement info of the data to localise: its good EEG channels
+        (``info["bads"]`` excluded) and projectors are used, as by
+        :func:`mne.minimum_norm.make_inverse_operator`.
+    fwd : mne.Forward
+        EEG forward solution on a surface source space (free or loose
+        orientation forwards are converted to fixed orientation).
+    noise_cov : mne.Covariance
+        Single-trial noise covariance, used to whiten.
+    rank : None | dict | 'info' | 'full'
+        Rank of the noise covariance, as in MNE.
+    %(verbose)s
+
+    Returns
+    -------
+    operator : UnfoldedSBLOperator
+        Pass it as ``fwd`` (with ``noise_cov=None``) to
+        :func:`apply_unfolded_sbl` or :func:`apply_unfolded_sbl_epochs`.
+    """
+    from mne.inverse_sparse.mxne_inverse import _prepare_gain
+
+    _validate_type(info, mne.Info, "info")
     fwd = check_forward(fwd)
-    ch_names = pick_channels(inst.info, fwd, noise_cov)
+    ch_names = pick_channels(info, fwd, noise_cov)
     check_noise_cov(noise_cov, ch_names)
-    _check_reference(inst, ch_names)
-    info = mne.pick_info(inst.info, [inst.ch_names.index(n) for n in ch_names])
+    info = mne.pick_info(info, [info["ch_names"].index(n) for n in ch_names])
     fwd, gain, gain_info, whitener, source_weighting, _ = _prepare_gain(
         fwd, info, noise_cov, pca=False, depth=None, loose=0.0, rank=rank)
     # MNE scales the whitened gain by a global factor (no depth weighting
@@ -39,12 +96,75 @@ def _prepare(inst, fwd, noise_cov, rank):
     # _reapply_source_weighting.  Fold it into the gain's columns instead,
     # so that the solver's estimates are in A.m directly.
     gain = gain / source_weighting[None, :]
-    sel = [inst.ch_names.index(name) for name in gain_info["ch_names"]]
-    return fwd, gain, gain_info, whitener, sel
+    return UnfoldedSBLOperator(fwd, gain, gain_info, whitener,
+                               _whitener_null_space(whitener), rank)
 
 
-def _run(model, gain, data_w, nave, learn_noise, device, dtype):
-    """Run ``model`` on whitened data ``(B, M, T)``; return X, lam (numpy)."""
+def _operator_for(inst, fwd, noise_cov, rank):
+    """The operator to use for ``inst`` and the indices of its channels."""
+    from mne.minimum_norm.inverse import _check_reference
+
+    if isinstance(fwd, UnfoldedSBLOperator):
+        if noise_cov is not None or rank is not None:
+            raise ValueError(
+                "fwd is an UnfoldedSBLOperator, which already holds the noise "
+                "covariance and rank: pass noise_cov=None (and rank=None), or "
+                "pass the forward solution itself.")
+        op = fwd
+    else:
+        if noise_cov is None:
+            raise ValueError("noise_cov is required with a forward solution "
+                             "(it is only optional with an "
+                             "UnfoldedSBLOperator).")
+        op = make_unfolded_sbl_operator(inst.info, fwd, noise_cov, rank=rank,
+                                        verbose=False)
+    missing = [n for n in op.ch_names if n not in inst.ch_names]
+    bad = [n for n in op.ch_names if n in inst.info["bads"]]
+    if missing or bad:
+        raise ValueError(
+            f"The operator uses channel(s) that the data "
+            f"{'lack' if missing else 'mark as bad'}: {(missing or bad)[:10]}. "
+            "Build the operator from this data's info "
+            "(make_unfolded_sbl_operator(inst.info, fwd, noise_cov)).")
+    _check_reference(inst, op.ch_names)
+    unused = [n for n in mne.pick_info(inst.info, mne.pick_types(
+        inst.info, meg=False, eeg=True, exclude="bads"))["ch_names"]
+        if n not in set(op.ch_names)]
+    if unused:
+        logger.info(f"    {len(unused)} good EEG channel(s) of the data are "
+                    f"not in the operator and are ignored: {unused[:10]}")
+    return op, [inst.ch_names.index(n) for n in op.ch_names]
+
+
+def _prepare(inst, fwd, noise_cov, rank):
+    """Pick, check and whiten; return the pieces shared by evoked/epochs."""
+    op, sel = _operator_for(inst, fwd, noise_cov, rank)
+    return op.fwd, op.gain, op.info, op.whitener, sel, op.null_space
+
+
+def _whitener_null_space(whitener):
+    """The directions the whitened data cannot reach (average reference,
+    SSP projectors, a rank-deficient noise covariance), as a NullSpace."""
+    U, s, _ = np.linalg.svd(whitener)
+    null = s <= s.max() * 1e-6
+    if not null.any():
+        return None
+    if null.sum() >= len(s):
+        raise ValueError("The whitener is zero: the noise covariance and "
+                         "projectors leave no data to localise.")
+    logger.info(f"    Solving in the {int((~null).sum())}-dimensional data "
+                f"subspace ({int(null.sum())} direction(s) removed by the "
+                "reference/projectors)")
+    return NullSpace(U[:, null])
+
+
+def _run(model, gain, data_w, nave, learn_noise, device, dtype, null_space):
+    """Run ``model`` on whitened data ``(B, M, T)``.
+
+    Returns the posterior kernels ``K`` (B, N, M) in the whitened units
+    (posterior mean ``K @ data_w``), the learned whitened noise variances
+    (B, M), both float64 numpy, and the network output.
+    """
     dev = torch.device(device)
     tdtype = _DTYPES[dtype]
     model = model.to(device=dev, dtype=tdtype).eval()
@@ -57,9 +177,10 @@ def _run(model, gain, data_w, nave, learn_noise, device, dtype):
         noise_var = torch.full((L.shape[0],), 1.0 / nave, dtype=tdtype,
                                device=dev)
     with torch.no_grad():
-        out = model(L, covariance_statistic(Y), noise_var)
-        X = out.posterior_mean(Y)
-    return (X.to(torch.float64).cpu().numpy(),
+        out = model(L, covariance_statistic(Y), noise_var,
+                    null_space=null_space)
+        K = out.posterior_kernel()
+    return (K.to(torch.float64).cpu().numpy(),
             out.lam.to(torch.float64).cpu().numpy(), out)
 
 
@@ -70,10 +191,15 @@ def _noise_covariance(lam_w, whitener, ch_names, nfree):
     return mne.Covariance(diag, ch_names, bads=[], projs=[], nfree=nfree)
 
 
-def _make_stc(X, fwd, tmin, tstep):
+def _make_stc(kernel, sens_data, fwd, tmin, tstep):
+    """A SourceEstimate in MNE's low-rank form ``(kernel, sens_data)``.
+
+    ``stc.data`` is ``kernel @ sens_data``, computed by MNE on first access:
+    the solver's cost does not grow with the number of time samples.
+    """
     vertices = [s["vertno"] for s in fwd["src"]]
-    return mne.SourceEstimate(X, vertices, tmin=tmin, tstep=tstep,
-                              subject=fwd["src"]._subject)
+    return mne.SourceEstimate((kernel, sens_data), vertices, tmin=tmin,
+                              tstep=tstep, subject=fwd["src"]._subject)
 
 
 @verbose
@@ -87,16 +213,22 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     ----------
     evoked : instance of mne.Evoked
         EEG data with an average-reference projector
-        (``evoked.set_eeg_reference(projection=True)``).
-    fwd : instance of mne.Forward
+        (``evoked.set_eeg_reference(projection=True)``). The reference
+        and any other projector remove sensor directions from the data; the
+        solver works in the remaining subspace (without that, learning the
+        noise jointly would be ill-posed: the noise variance along the
+        reference direction would shrink towards zero).
+    fwd : instance of mne.Forward | UnfoldedSBLOperator
         EEG forward solution on a surface source space; free or loose
         orientation forwards are converted to fixed orientation normal to
-        the cortex.
-    noise_cov : instance of mne.Covariance
+        the cortex. Or an operator from :func:`make_unfolded_sbl_operator`
+        (then ``noise_cov=None``), which skips the preparation (picking,
+        orientation, whitening) on repeated calls.
+    noise_cov : instance of mne.Covariance | None
         Noise covariance of single trials (as for
         :func:`mne.minimum_norm.make_inverse_operator`), used to whiten;
         with ``learn_noise=False`` it is the known noise, scaled by
-        ``1 / evoked.nave``.
+        ``1 / evoked.nave``. None only with an operator.
     model : str | instance of UnfoldedSBL | path-like
         ``"cb"`` (classical convex bounding), ``"bias-cb"``,
         ``"deep-cb"`` or ``"deep-attn-cb"`` (bundled pretrained weights),
@@ -127,7 +259,10 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     -------
     stc : instance of mne.SourceEstimate
         Source time courses (A·m) on every source of ``fwd``; sources the
-        model prunes are (near) zero.
+        model prunes are (near) zero. Held, like MNE's own inverse
+        solutions can be, as the low-rank pair ``(kernel, sensor data)``:
+        ``stc.data`` is computed on first access, so the cost of the solver
+        does not grow with the number of time samples.
     residual : instance of mne.Evoked
         Only if ``return_residual``.
     noise_cov_learned : instance of mne.Covariance
@@ -142,19 +277,22 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
                          "known noise nothing is learned about the sensors.")
     check_data_finite(evoked.data, "evoked")
     net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
-    fwd_fixed, gain, gain_info, whitener, sel = _prepare(
+    fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
         evoked, fwd, noise_cov, rank)
-    data_w = (whitener @ evoked.data[sel])[None]
+    sens_data = evoked.data[sel]
+    data_w = (whitener @ sens_data)[None]
     logger.info(f"Running {net.model} ({net.n_layers} layers, "
                 f"{'joint gamma/lambda' if learn_noise else 'known noise'}) "
                 f"on {len(sel)} channels x {gain.shape[1]} sources")
-    X, lam, _ = _run(net, gain, data_w, evoked.nave, learn_noise, device,
-                     dtype)
-    stc = _make_stc(X[0], fwd_fixed, evoked.times[0], 1.0 / evoked.info["sfreq"])
+    K, lam, _ = _run(net, gain, data_w, evoked.nave, learn_noise, device,
+                     dtype, null)
+    # the kernel of the data as recorded: whitening folded in, as in MNE
+    stc = _make_stc(K[0] @ whitener, sens_data, fwd_fixed, evoked.times[0],
+                    1.0 / evoked.info["sfreq"])
     out = [stc]
     if return_residual:
-        out.append(_compute_residual(fwd_fixed, evoked, X[0],
-                                     np.arange(X.shape[1]), gain_info))
+        out.append(_compute_residual(fwd_fixed, evoked, stc.data,
+                                     np.arange(stc.shape[0]), gain_info))
     if return_noise_cov:
         out.append(_noise_covariance(lam[0], whitener, gain_info["ch_names"],
                                      evoked.nave))
@@ -187,21 +325,22 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
     if return_noise_cov and not learn_noise:
         raise ValueError("return_noise_cov=True needs learn_noise=True.")
     net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
-    fwd_fixed, gain, gain_info, whitener, sel = _prepare(
+    fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
         epochs, fwd, noise_cov, rank)
     data = epochs.get_data(picks=[epochs.ch_names[i] for i in sel])
     check_data_finite(data, "epochs")
     data_w = np.einsum("mk,bkt->bmt", whitener, data)
     logger.info(f"Running {net.model} on {len(data_w)} epochs")
-    Xs, lams = [], []
+    Ks, lams = [], []
     for start in range(0, len(data_w), int(batch_size)):
-        X, lam, _ = _run(net, gain, data_w[start:start + batch_size], 1,
-                         learn_noise, device, dtype)
-        Xs.append(X)
+        K, lam, _ = _run(net, gain, data_w[start:start + batch_size], 1,
+                         learn_noise, device, dtype, null)
+        Ks.append(K @ whitener)
         lams.append(lam)
-    X, lam = np.concatenate(Xs), np.concatenate(lams)
+    K, lam = np.concatenate(Ks), np.concatenate(lams)
     tstep = 1.0 / epochs.info["sfreq"]
-    stcs = [_make_stc(x, fwd_fixed, epochs.times[0], tstep) for x in X]
+    stcs = [_make_stc(k, d, fwd_fixed, epochs.times[0], tstep)
+            for k, d in zip(K, data)]
     if return_noise_cov:
         covs = [_noise_covariance(lm, whitener, gain_info["ch_names"], 1)
                 for lm in lam]

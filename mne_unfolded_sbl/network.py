@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .corrections import AttentionCorrection, BiasCorrection, MLPCorrection
-from .solver import CBState, cb_iteration, posterior_mean, prepare
+from .solver import (CBState, cb_iteration, posterior_kernel,
+                     posterior_mean, prepare)
 
 #: Correction families by model name.
 MODELS = ("cb", "bias-cb", "deep-cb", "deep-attn-cb")
@@ -36,6 +37,12 @@ class UnfoldedOutput:
     l_scale: torch.Tensor
     y_scale: torch.Tensor
     trajectory: list = field(default_factory=list)
+    null_space: object = None
+
+    def _state(self, layer):
+        if layer is None:
+            return self.gamma_n, self.lam_n
+        return self.trajectory[layer]["gamma"], self.trajectory[layer]["lam"]
 
     def posterior_mean(self, Y, layer=None):
         """Posterior mean ``(B, N, T)`` in the units of ``Y`` / ``L``.
@@ -48,14 +55,22 @@ class UnfoldedOutput:
             Use the state after this layer (needs ``return_trajectory``);
             None for the final state.
         """
-        if layer is None:
-            g, lm = self.gamma_n, self.lam_n
-        else:
-            g, lm = self.trajectory[layer]["gamma"], self.trajectory[layer]["lam"]
+        g, lm = self._state(layer)
         Yn = Y.to(self.L_n.dtype) / self.y_scale.to(self.L_n.dtype)[:, None, None]
-        Xn = posterior_mean(self.L_n, g, lm, Yn)
+        Xn = posterior_mean(self.L_n, g, lm, Yn, self.null_space)
         scale = (self.y_scale / self.l_scale).to(Xn.dtype)[:, None, None]
         return Xn * scale
+
+    def posterior_kernel(self, layer=None):
+        """Linear map ``K`` (B, N, M) with posterior mean ``K @ Y``.
+
+        In the units of the input lead field: ``K @ Y`` equals
+        :meth:`posterior_mean` for the data ``Y`` the statistics came from,
+        at a cost that does not depend on the number of time samples.
+        """
+        g, lm = self._state(layer)
+        K = posterior_kernel(self.L_n, g, lm, self.null_space)
+        return K / self.l_scale.to(K.dtype)
 
 
 class UnfoldedLayer(nn.Module):
@@ -66,10 +81,11 @@ class UnfoldedLayer(nn.Module):
         self.source_correction = source_correction
         self.noise_correction = noise_correction
 
-    def forward(self, L, Cy, state, learn_noise, rel_threshold=None):
+    def forward(self, L, Cy, state, learn_noise, rel_threshold=None,
+                null_space=None, with_cost=True, Lt=None):
         return cb_iteration(L, Cy, state, learn_noise, self.source_correction,
                             self.noise_correction if learn_noise else None,
-                            rel_threshold)
+                            rel_threshold, null_space, with_cost, Lt)
 
 
 class UnfoldedSBL(nn.Module):
@@ -141,7 +157,7 @@ class UnfoldedSBL(nn.Module):
         return len(self.layers)
 
     def forward(self, L, Cy, noise_var=None, *, n_layers=None,
-                return_trajectory=False):
+                return_trajectory=False, null_space=None):
         """Run the unfolded solver.
 
         Parameters
@@ -158,6 +174,10 @@ class UnfoldedSBL(nn.Module):
             is skipped then); None runs all.
         return_trajectory : bool
             Keep per-layer normalised ``gamma``, ``lam``, corrections and cost.
+        null_space : NullSpace | None
+            Sensor directions without data, e.g.
+            ``NullSpace.average_reference(M)`` for average-referenced data
+            (see :mod:`mne_unfolded_sbl.solver`).
 
         Returns
         -------
@@ -166,16 +186,18 @@ class UnfoldedSBL(nn.Module):
         if not self.learn_noise and noise_var is None:
             raise ValueError("This source-only network needs the known "
                              "noise_var (learn_noise=False).")
-        prob = prepare(L, Cy, noise_var, self.noise_init)
-        L_n, Cy_n, state = prob.L_n, prob.Cy_n, prob.state
+        prob = prepare(L, Cy, noise_var, self.noise_init, null_space)
+        L_n, Cy_n, state, null = prob.L_n, prob.Cy_n, prob.state, prob.null_space
         K = self.n_layers if n_layers is None else int(n_layers)
         trajectory = []
         for layer in self.layers[:K]:
             if self.gradient_checkpointing and self.training:
-                state, sinfo, ninfo = self._checkpointed(layer, L_n, Cy_n, state)
+                state, sinfo, ninfo = self._checkpointed(
+                    layer, L_n, Cy_n, state, null, return_trajectory, prob.Lt)
             else:
                 state, sinfo, ninfo = layer(L_n, Cy_n, state, self.learn_noise,
-                                            self.rel_threshold)
+                                            self.rel_threshold, null,
+                                            return_trajectory, prob.Lt)
             if return_trajectory:
                 trajectory.append(dict(
                     gamma=state.gamma, lam=state.lam, cost=sinfo["cost"],
@@ -185,12 +207,13 @@ class UnfoldedSBL(nn.Module):
         return UnfoldedOutput(
             gamma=gamma, lam=lam, gamma_n=state.gamma, lam_n=state.lam,
             L_n=L_n, l_scale=prob.l_scale, y_scale=prob.y_scale,
-            trajectory=trajectory)
+            trajectory=trajectory, null_space=null)
 
-    def _checkpointed(self, layer, L_n, Cy_n, state):
+    def _checkpointed(self, layer, L_n, Cy_n, state, null, with_cost, Lt):
         def run(gamma, lam, S):
             new, sinfo, ninfo = layer(L_n, Cy_n, CBState(gamma, lam, S),
-                                      self.learn_noise, self.rel_threshold)
+                                      self.learn_noise, self.rel_threshold,
+                                      null, with_cost, Lt)
             return new.gamma, new.lam, new.S, sinfo["cost"]
 
         g, lm, S, cost = checkpoint(run, state.gamma, state.lam, state.S,

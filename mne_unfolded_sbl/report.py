@@ -272,7 +272,8 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
 
     net, name, note = resolve_model(model, learn_noise, n_layers)
     net = net.to(torch.float64).eval()
-    fwd_fixed, gain, _, whitener, sel = _prepare(evoked, fwd, noise_cov, rank)
+    fwd_fixed, gain, _, whitener, sel, null = _prepare(evoked, fwd, noise_cov,
+                                                       rank)
     L = torch.as_tensor(gain, dtype=torch.float64)
     Y = torch.as_tensor((whitener @ evoked.data[sel])[None], dtype=torch.float64)
     Cy = covariance_statistic(Y)
@@ -281,8 +282,8 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
         noise_var = torch.full((L.shape[0],), 1.0 / evoked.nave,
                                dtype=torch.float64)
     with torch.no_grad():
-        out = net(L, Cy, noise_var, return_trajectory=True)
-        g_prev = prepare(L, Cy, noise_var, net.noise_init).state
+        out = net(L, Cy, noise_var, return_trajectory=True, null_space=null)
+        g_prev = prepare(L, Cy, noise_var, net.noise_init, null).state
         gamma_prev, lam_prev = g_prev.gamma[0], g_prev.lam[0]
         res = {k: [] for k in ("cost", "gamma_change", "lam_change",
                                "mean_abs_delta_source", "mean_abs_delta_noise")}

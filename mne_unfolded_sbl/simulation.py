@@ -126,6 +126,13 @@ class SimulationConfig:
         ``footprint_threshold`` times the peak weight (which is 1, at the
         centre) are set to exactly 0, so every footprint has finite support.
         Default ``1e-3`` (the footprint is cut at ``d = 3.72 sigma``).
+    reference : "average" | "none"
+        ``"average"`` (default) average-references the simulated sensor data
+        (noise included), as EEG with MNE's average-reference projector
+        reaches the solver; the solver then needs the matching
+        :class:`~mne_unfolded_sbl.solver.NullSpace`
+        (:attr:`EEGSimulator.null_space`). ``"none"`` keeps ``L X + E``
+        with noise in every sensor direction.
 
     Notes
     -----
@@ -154,8 +161,10 @@ class SimulationConfig:
     bands: dict = field(default_factory=lambda: dict(DEFAULT_BANDS))
     amplitude: tuple = (0.5, 1.0)
     footprint_threshold: float = 1e-3
+    reference: str = "average"
 
     def __post_init__(self):
+        _check_option("reference", self.reference, ("average", "none"))
         self.n_sources = _as_range(self.n_sources, "n_sources", "int")
         if self.n_sources[0] < 1:
             raise ValueError(
@@ -334,6 +343,16 @@ class EEGSimulator:
         return self.L.shape[0]
 
     @property
+    def null_space(self):
+        """The :class:`~mne_unfolded_sbl.solver.NullSpace` of the simulated
+        data (``None`` when ``config.reference == "none"``)."""
+        if self.config.reference == "none":
+            return None
+        from .solver import NullSpace
+
+        return NullSpace.average_reference(self.n_sensors, self.device)
+
+    @property
     def n_sources(self):
         """Number of sources ``N``."""
         return self.L.shape[1]
@@ -457,7 +476,8 @@ class EEGSimulator:
             With ``K = config.n_sources[1]`` source slots (padded):
 
             ``"Y"`` : (B, M, T)
-                Sensor data ``L X + E``.
+                Sensor data ``L X + E``, average-referenced when
+                ``config.reference == "average"``.
             ``"X"`` : (B, N, T)
                 True source time courses.
             ``"noise_var"`` : (B, M)
@@ -530,6 +550,8 @@ class EEGSimulator:
         noise_var = sig_pow / torch.pow(10.0, snr_db / 10.0)
         noise_var = noise_var.clamp_min(torch.finfo(dt).tiny)
         Y = LX + noise_var.sqrt()[..., None] * noise
+        if c.reference == "average":
+            Y = Y - Y.mean(-2, keepdim=True)
         logger.debug(
             f"Simulated {B} samples: {int(n_active.min())}-{int(n_active.max())} "
             f"active sources, SNR {float(snr_db.min()):.1f}-"
@@ -662,11 +684,17 @@ def simulate_evoked(fwd, config=None, *, seed=None, tmin=0.0, info=None,
     -----
     The per-sensor SNR (``config.snr_db``) is defined on the data in the
     reference of the forward (before the average-reference projection).
+    ``config.reference`` is not used: the evoked data stay in the reference
+    of the forward and carry the (inactive) average-reference projector,
+    which MNE applies when it whitens, as for recorded data.
     """
+    import dataclasses
+
     import mne
 
     _validate_type(config, (SimulationConfig, None), "config")
     config = SimulationConfig() if config is None else config
+    config = dataclasses.replace(config, reference="none")
     _validate_type(tmin, "numeric", "tmin")
     _validate_type(source_amplitude, "numeric", "source_amplitude")
     if not source_amplitude > 0:

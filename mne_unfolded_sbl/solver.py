@@ -23,6 +23,19 @@ All tensors are batched: ``L`` is ``(M, N)`` (shared by the batch),
 The small ``M x M`` matrix ``Sigma_y`` is factorised in float64 (with a
 relative jitter only for the samples whose factorisation fails); the large
 ``M x N`` products run in the working precision of ``L``.
+
+Referenced data (an average-reference or other projector, a rank-deficient
+whitener) have no power in ``k`` sensor directions ``Q`` (``M x k``,
+orthonormal), and neither has the lead field.  There the joint model is
+ill-posed: the cost falls without bound as the noise variance in those
+directions goes to zero.  Given a :class:`NullSpace`, the solver works with
+the projected model ``P (L Gamma L^T + Lambda) P`` (``P = I - Q Q^T``) on
+the data subspace, completed by a unit variance on the null directions::
+
+    Sigma_y = L Gamma L^T + P Lambda P + Q Q^T
+
+The source statistics keep their form; the noise denominator becomes
+``c_m = (P W P)_mm = W_mm - (Q Q^T)_mm``.
 """
 
 from dataclasses import dataclass
@@ -46,12 +59,78 @@ LOG_GAMMA_MAX = float(torch.log(torch.tensor(1e8)))
 LOG_LAMBDA_RANGE = (float(torch.log(torch.tensor(1e-10))), LOG_GAMMA_MAX)
 
 
+class NullSpace:
+    """Sensor directions where data and lead field have no component.
+
+    Parameters
+    ----------
+    Q : torch.Tensor | array-like, shape (M, k)
+        Orthonormal basis of the directions (e.g. ``ones(M, 1) / sqrt(M)``
+        for an average reference, see :meth:`average_reference`).
+    """
+
+    def __init__(self, Q):
+        Q = torch.as_tensor(Q, dtype=torch.float64)
+        if Q.ndim != 2 or Q.shape[1] >= Q.shape[0]:
+            raise ValueError(f"Q must have shape (M, k) with k < M, got "
+                             f"{tuple(Q.shape)}")
+        gram = Q.T @ Q
+        if not torch.allclose(gram, torch.eye(Q.shape[1], dtype=Q.dtype,
+                                              device=Q.device), atol=1e-8):
+            raise ValueError("The columns of Q must be orthonormal.")
+        self.Q = Q
+        self.QQt = Q @ Q.T
+        self.P = torch.eye(Q.shape[0], dtype=Q.dtype, device=Q.device) - self.QQt
+        self.diag = self.QQt.diagonal().clone()
+
+    @classmethod
+    def average_reference(cls, n_sensors, device=None):
+        """The null space of an average reference, ``1 / sqrt(M)``."""
+        M = int(n_sensors)
+        return cls(torch.full((M, 1), M ** -0.5, dtype=torch.float64,
+                              device=device))
+
+    @property
+    def rank(self):
+        """Number of null directions ``k``."""
+        return self.Q.shape[1]
+
+    def to(self, device):
+        """This null space on ``device``."""
+        return NullSpace(self.Q.to(device))
+
+    def _pcp_correction(self, C):
+        # P C P = C - R Q^T - Q R^T with R = C Q - Q (Q^T C Q) / 2 (C symmetric)
+        CQ = C @ self.Q
+        RQt = (CQ - 0.5 * self.Q @ (self.Q.T @ CQ)) @ self.Q.T
+        return RQt + RQt.transpose(-1, -2)
+
+    def project(self, C):
+        """``P C P`` for symmetric ``(B, M, M)`` float64 matrices."""
+        return C - self._pcp_correction(C)
+
+    def complete(self, C):
+        """``P C P + Q Q^T``: a model covariance on the data subspace,
+        completed by a unit variance on the null directions."""
+        return C - self._pcp_correction(C) + self.QQt
+
+def _null_space_like(null, device):
+    if null is None or null.Q.device == torch.device(device):
+        return null
+    return null.to(device)
+
+
 @dataclass
 class Precision:
-    """The inverse statistical covariance ``W`` and ``log|Sigma_y|``."""
+    """The inverse statistical covariance ``W`` and its Cholesky factor."""
 
     W: torch.Tensor  # (B, M, M) in float64
-    logdet: torch.Tensor  # (B,) float64
+    chol: torch.Tensor  # (B, M, M) lower Cholesky factor of Sigma_y, float64
+
+    @property
+    def logdet(self):
+        """``log|Sigma_y|``, shape (B,), float64."""
+        return 2.0 * torch.log(self.chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
 
 
 @dataclass
@@ -60,7 +139,8 @@ class SourceStats:
 
     a: torch.Tensor  # (B, N)
     b: torch.Tensor  # (B, N)
-    cost: torch.Tensor  # (B,) Type-II cost at the state the stats come from
+    cost: torch.Tensor | None  # (B,) Type-II cost at the state the stats
+    # come from (None when not asked for)
 
 
 @dataclass
@@ -69,7 +149,7 @@ class NoiseStats:
 
     r: torch.Tensor  # (B, M)
     c: torch.Tensor  # (B, M)
-    cost: torch.Tensor  # (B,)
+    cost: torch.Tensor | None  # (B,)
 
 
 def covariance_statistic(Y):
@@ -95,7 +175,7 @@ def model_covariance(L, gamma):
     return (L * gamma.to(L.dtype)[:, None, :]) @ L.T
 
 
-def precision(S, lam):
+def precision(S, lam, null_space=None):
     """Factorise ``Sigma_y = S + diag(lam)`` in float64.
 
     Parameters
@@ -104,17 +184,24 @@ def precision(S, lam):
         ``L Gamma L^T`` (see :func:`model_covariance`).
     lam : torch.Tensor, shape (B, M)
         Sensor noise variances.
+    null_space : NullSpace | None
+        Directions without data: ``Sigma_y`` becomes
+        ``P (S + diag(lam)) P + Q Q^T`` (see the module docstring).
 
     Returns
     -------
     prec : Precision
         ``W = Sigma_y^{-1}`` (from the Cholesky factor, never an explicit
-        inverse of ``Sigma_y``) and ``log|Sigma_y|``, both float64.
+        inverse of ``Sigma_y``) and the factor itself, both float64.
     """
-    sigma = S.to(torch.float64) + torch.diag_embed(lam.to(torch.float64))
-    sigma = 0.5 * (sigma + sigma.transpose(-1, -2))
+    sigma = S.to(torch.float64, copy=True)
+    sigma.diagonal(dim1=-2, dim2=-1).add_(lam.to(torch.float64))
+    if null_space is not None:
+        # P (S + Lambda) P + Q Q^T; P S P = S up to round-off (L = P L)
+        sigma = null_space.complete(sigma)
+    # the factorisation reads the lower triangle only: no symmetrisation
     chol, info = torch.linalg.cholesky_ex(sigma)
-    if bool((info > 0).any()):
+    if bool(info.any()):
         # Only the samples whose factorisation failed get a jitter relative
         # to their mean diagonal; the others stay exact.
         scale = sigma.diagonal(dim1=-2, dim2=-1).mean(-1)
@@ -132,9 +219,7 @@ def precision(S, lam):
                 "of 1e-4 times its mean diagonal; the data or lead field "
                 "contain non-finite or degenerate values."
             )
-    W = torch.cholesky_inverse(chol)
-    logdet = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    return Precision(W=W, logdet=logdet)
+    return Precision(W=torch.cholesky_inverse(chol), chol=chol)
 
 
 def type2_cost(prec, Cy):
@@ -142,31 +227,43 @@ def type2_cost(prec, Cy):
     return prec.logdet + (prec.W * Cy.to(torch.float64)).sum((-1, -2))
 
 
-def source_stats(L, Cy, gamma, prec):
+def source_stats(L, Cy, gamma, prec, with_cost=True, Lt=None):
     """Convex-bounding source statistics at the state ``(gamma, lam)``.
 
     ``b = diag(L^T W L)`` and ``a = gamma^2 diag(L^T W C_y W L)`` come from
-    one stacked ``(2M x M) @ (M x N)`` product in the working precision.
+    one product ``L^T [W_1, P_1, ..., W_B, P_B]`` (``P = W C_y W``) of the
+    ``N x M`` transposed lead field ``Lt`` (pass ``L.T.contiguous()`` to
+    reuse it across calls) with the whole batch side by side, in the
+    working precision of ``L``.
     """
-    W64 = prec.W
+    W = prec.W
     Cy64 = Cy.to(torch.float64)
-    P = W64 @ Cy64 @ W64  # (B, M, M), cheap: M^3
-    stacked = torch.cat([W64, P], dim=-2).to(L.dtype) @ L  # (B, 2M, N)
-    M = L.shape[0]
-    b = (L * stacked[:, :M]).sum(-2)
-    quad = (L * stacked[:, M:]).sum(-2)
-    a = gamma.to(L.dtype) ** 2 * quad
-    cost = type2_cost(prec, Cy)
-    return SourceStats(a=a, b=b, cost=cost)
+    P = W @ (Cy64 @ W)  # (B, M, M), cheap: M^3
+    B, M = W.shape[0], L.shape[0]
+    if Lt is None:
+        Lt = L.T.contiguous()
+    G = torch.cat([W, P], dim=-1).to(L.dtype)  # (B, M, 2M)
+    LtG = Lt @ G.transpose(0, 1).reshape(M, 2 * M * B)  # (N, B * 2M)
+    bq = (LtG.view(-1, B, 2, M) * Lt[:, None, None, :]).sum(-1)  # (N, B, 2)
+    bq = bq.permute(1, 2, 0)  # (B, 2, N)
+    a = gamma.to(L.dtype).square() * bq[:, 1]
+    cost = type2_cost(prec, Cy64) if with_cost else None
+    return SourceStats(a=a, b=bq[:, 0], cost=cost)
 
 
-def noise_stats(Cy, lam, prec):
-    """Convex-bounding noise statistics ``r = lam^2 diag(W C_y W)``, ``c = diag(W)``."""
-    W64 = prec.W
-    WC = W64 @ Cy.to(torch.float64)
-    r = lam.to(torch.float64) ** 2 * (WC * W64).sum(-1)
-    c = W64.diagonal(dim1=-2, dim2=-1)
-    cost = type2_cost(prec, Cy)
+def noise_stats(Cy, lam, prec, null_space=None, with_cost=True):
+    """Convex-bounding noise statistics.
+
+    ``r = lam^2 diag(W C_y W)`` and ``c = diag(W)``, or, with a
+    ``null_space``, ``c = diag(P W P) = diag(W) - diag(Q Q^T)``.
+    """
+    W = prec.W
+    Cy64 = Cy.to(torch.float64)
+    r = lam.to(torch.float64).square() * ((W @ Cy64) * W).sum(-1)
+    c = W.diagonal(dim1=-2, dim2=-1)
+    if null_space is not None:
+        c = c - null_space.diag
+    cost = type2_cost(prec, Cy64) if with_cost else None
     return NoiseStats(r=r.to(lam.dtype), c=c.to(lam.dtype), cost=cost)
 
 
@@ -174,10 +271,12 @@ def log_ratio_update(num, den, eps=LOG_EPS):
     """The classical log-domain update ``0.5 log(num+eps) - 0.5 log(den+eps)``.
 
     Returns the log-features too: ``(update, log(num + eps), log(den + eps))``.
+    ``num`` and ``den`` are non-negative in exact arithmetic; values that
+    round-off made negative (float32 products) count as zero.
     """
-    s = torch.log(num + eps)
-    q = torch.log(den + eps)
-    return 0.5 * s - 0.5 * q, s, q
+    s = torch.log(num.clamp_min(0.0) + eps)
+    q = torch.log(den.clamp_min(0.0) + eps)
+    return 0.5 * (s - q), s, q
 
 
 def hard_threshold(gamma, rel_threshold):
@@ -188,7 +287,7 @@ def hard_threshold(gamma, rel_threshold):
     return torch.where(keep, gamma, torch.zeros_like(gamma))
 
 
-def normalize_problem(L, Cy):
+def normalize_problem(L, Cy, null_space=None):
     """Scale lead field and data to unit-free, order-one quantities.
 
     The lead field is divided by ``l_scale = sqrt(||L||_F^2 / M)`` (so the
@@ -199,10 +298,16 @@ def normalize_problem(L, Cy):
     normalised problem, multiplying the data by any ``c > 0`` multiplies
     the source estimates by ``c`` exactly.
 
+    With a ``null_space``, ``C_y`` is first projected onto the data
+    subspace (``P C_y P``), which removes round-off outside it.
+
     Returns
     -------
-    L_n, Cy_n : torch.Tensor
-        Normalised lead field ``(M, N)`` and statistics ``(B, M, M)``.
+    L_n : torch.Tensor, shape (M, N)
+        Normalised lead field, in the dtype of ``L``.
+    Cy_n : torch.Tensor, shape (B, M, M)
+        Normalised statistics, float64 (they only enter the small ``M x M``
+        algebra).
     l_scale : torch.Tensor
         Scalar.
     y_scale : torch.Tensor, shape (B,)
@@ -210,7 +315,10 @@ def normalize_problem(L, Cy):
     """
     M = L.shape[0]
     l_scale = torch.sqrt((L.to(torch.float64) ** 2).sum() / M)
-    y_pow = Cy.to(torch.float64).diagonal(dim1=-2, dim2=-1).sum(-1) / M
+    Cy64 = Cy.to(torch.float64)
+    if null_space is not None:
+        Cy64 = null_space.project(Cy64)
+    y_pow = Cy64.diagonal(dim1=-2, dim2=-1).sum(-1) / M
     if bool((y_pow <= 0).any()) or not bool(torch.isfinite(y_pow).all()):
         raise ValueError(
             "The data have zero or non-finite power in at least one sample; "
@@ -218,11 +326,33 @@ def normalize_problem(L, Cy):
         )
     y_scale = torch.sqrt(y_pow)
     L_n = (L / l_scale.to(L.dtype)).to(L.dtype)
-    Cy_n = (Cy / y_pow.to(Cy.dtype)[:, None, None]).to(L.dtype)
+    Cy_n = Cy64 / y_pow[:, None, None]
     return L_n, Cy_n, l_scale, y_scale
 
 
-def posterior_mean(L, gamma, lam, Y):
+def posterior_kernel(L, gamma, lam, null_space=None):
+    """Linear map from data to posterior mean, ``K = Gamma L^T W``.
+
+    Parameters
+    ----------
+    L : torch.Tensor, shape (M, N)
+    gamma : torch.Tensor, shape (B, N)
+    lam : torch.Tensor, shape (B, M)
+    null_space : NullSpace | None
+
+    Returns
+    -------
+    K : torch.Tensor, shape (B, N, M), in the dtype of ``L``; the posterior
+        mean of data ``Y`` is ``K @ Y``.
+    """
+    prec = precision(model_covariance(L, gamma), lam, null_space)
+    B, M = prec.W.shape[0], L.shape[0]
+    # L^T W for the whole batch in one (N x M) @ (M x BM) product
+    LtW = L.T @ prec.W.to(L.dtype).transpose(0, 1).reshape(M, B * M)
+    return gamma.to(L.dtype)[:, :, None] * LtW.view(-1, B, M).transpose(0, 1)
+
+
+def posterior_mean(L, gamma, lam, Y, null_space=None):
     """Posterior mean ``Xbar = Gamma L^T W Y``.
 
     Parameters
@@ -231,12 +361,13 @@ def posterior_mean(L, gamma, lam, Y):
     gamma : torch.Tensor, shape (B, N)
     lam : torch.Tensor, shape (B, M)
     Y : torch.Tensor, shape (B, M, T)
+    null_space : NullSpace | None
 
     Returns
     -------
     Xbar : torch.Tensor, shape (B, N, T), in the dtype of ``L``.
     """
-    prec = precision(model_covariance(L, gamma), lam)
+    prec = precision(model_covariance(L, gamma), lam, null_space)
     WY = (prec.W @ Y.to(torch.float64)).to(L.dtype)  # (B, M, T)
     return gamma.to(L.dtype)[:, :, None] * (L.T @ WY)
 
@@ -281,6 +412,8 @@ class Problem:
     l_scale: torch.Tensor
     y_scale: torch.Tensor
     state: CBState
+    null_space: NullSpace | None = None
+    Lt: torch.Tensor | None = None  # L_n.T, contiguous (N, M)
 
     def to_input_units(self, gamma_n, lam_n):
         """Scale normalised ``(gamma, lam)`` back to the input units."""
@@ -289,22 +422,27 @@ class Problem:
         return gamma_n * y2 / l2, lam_n * y2
 
 
-def prepare(L, Cy, noise_var=None, noise_init=0.1):
+def prepare(L, Cy, noise_var=None, noise_init=0.1, null_space=None):
     """Normalise ``(L, Cy)`` and build the starting state.
 
     ``noise_var`` (known or initial noise variances, shape ``(B, M)`` or
     ``(M,)``, in the units of ``Cy``) is normalised with the data.
+    ``null_space`` (a :class:`NullSpace`) names the sensor directions the
+    data and the lead field do not reach (see the module docstring).
     """
-    L_n, Cy_n, l_scale, y_scale = normalize_problem(L, Cy)
+    null_space = _null_space_like(null_space, L.device)
+    L_n, Cy_n, l_scale, y_scale = normalize_problem(L, Cy, null_space)
     nv = None
     if noise_var is not None:
         y2 = (y_scale ** 2).to(L.dtype)[:, None]
         nv = noise_var.to(dtype=L.dtype, device=L.device) / y2
     state = initial_state(L_n, Cy_n, nv, noise_init)
-    return Problem(L_n, Cy_n, l_scale, y_scale, state)
+    return Problem(L_n, Cy_n, l_scale, y_scale, state, null_space,
+                   L_n.T.contiguous())
 
 
-def source_step(L, Cy, state, correction=None, rel_threshold=None):
+def source_step(L, Cy, state, correction=None, rel_threshold=None,
+                null_space=None, with_cost=True, Lt=None):
     """One convex-bounding source update (optionally corrected), in logs.
 
     ``log gamma <- 0.5 log(a + eps) - 0.5 log(b + eps) + Delta`` where
@@ -314,10 +452,11 @@ def source_step(L, Cy, state, correction=None, rel_threshold=None):
     -------
     gamma_new : torch.Tensor, shape (B, N)
     info : dict
-        ``a, b, s, q, delta`` and the Type-II ``cost`` at the input state.
+        ``a, b, s, q, delta`` and the Type-II ``cost`` at the input state
+        (None unless ``with_cost``).
     """
-    prec = precision(state.S, state.lam)
-    st = source_stats(L, Cy, state.gamma, prec)
+    prec = precision(state.S, state.lam, null_space)
+    st = source_stats(L, Cy, state.gamma, prec, with_cost, Lt)
     log_g, s, q = log_ratio_update(st.a, st.b)
     delta = None
     if correction is not None:
@@ -329,37 +468,41 @@ def source_step(L, Cy, state, correction=None, rel_threshold=None):
     return gamma, dict(a=st.a, b=st.b, s=s, q=q, delta=delta, cost=st.cost)
 
 
-def noise_step(Cy, S, lam, correction=None):
+def noise_step(Cy, S, lam, correction=None, null_space=None, with_cost=True):
     """One convex-bounding noise update (optionally corrected), in logs.
 
     Uses the posterior with the *updated* source variances (``S``) and the
     previous noise variances ``lam``, as in the alternating scheme.
     """
-    prec = precision(S, lam)
-    st = noise_stats(Cy, lam, prec)
+    prec = precision(S, lam, null_space)
+    st = noise_stats(Cy, lam, prec, null_space, with_cost)
     log_l, u, v = log_ratio_update(st.r, st.c)
     delta = None
     if correction is not None:
         delta = correction(u, v, torch.log(lam + LOG_EPS))
         log_l = log_l + delta
-    return torch.exp(log_l.clamp(*LOG_LAMBDA_RANGE)), dict(r=st.r, c=st.c, u=u, v=v, delta=delta,
-                                  cost=st.cost)
+    lam = torch.exp(log_l.clamp(*LOG_LAMBDA_RANGE))
+    return lam, dict(r=st.r, c=st.c, u=u, v=v, delta=delta, cost=st.cost)
 
 
 def cb_iteration(L, Cy, state, learn_noise, source_correction=None,
-                 noise_correction=None, rel_threshold=None):
+                 noise_correction=None, rel_threshold=None, null_space=None,
+                 with_cost=True, Lt=None):
     """One alternating iteration: gamma from (gamma, lam), then lam.
 
     ``L Gamma L^T`` is formed once per iteration and shared by the noise
-    update and the next source update (only the diagonal ``Lambda``
+    update and the next source update (only the noise part of ``Sigma_y``
     differs), so a joint iteration costs three ``M^2 N`` products.
+    ``Lt`` is ``L.T.contiguous()`` (formed here when not given).
     """
-    gamma, sinfo = source_step(L, Cy, state, source_correction, rel_threshold)
+    gamma, sinfo = source_step(L, Cy, state, source_correction, rel_threshold,
+                               null_space, with_cost, Lt)
     S = model_covariance(L, gamma)
     ninfo = None
     lam = state.lam
     if learn_noise:
-        lam, ninfo = noise_step(Cy, S, state.lam, noise_correction)
+        lam, ninfo = noise_step(Cy, S, state.lam, noise_correction, null_space,
+                                with_cost)
     return CBState(gamma=gamma, lam=lam, S=S), sinfo, ninfo
 
 
@@ -375,7 +518,8 @@ class CBResult:
 
 
 def convex_bounding(L, Cy, *, learn_noise=True, noise_var=None, noise_init=0.1,
-                    max_iter=25, tol=None, tol_type="cost", rel_threshold=None):
+                    max_iter=25, tol=None, tol_type="cost", rel_threshold=None,
+                    null_space=None):
     """Classical convex-bounding Champagne, fixed depth or to convergence.
 
     Parameters
@@ -400,6 +544,9 @@ def convex_bounding(L, Cy, *, learn_noise=True, noise_var=None, noise_init=0.1,
     tol_type : "cost" | "gamma"
     rel_threshold : float | None
         Optional relative hard threshold after each source update.
+    null_space : NullSpace | None
+        Sensor directions without data (average reference, projectors);
+        see the module docstring.
 
     Returns
     -------
@@ -407,15 +554,18 @@ def convex_bounding(L, Cy, *, learn_noise=True, noise_var=None, noise_init=0.1,
     """
     if not learn_noise and noise_var is None:
         raise ValueError("noise_var is required when learn_noise=False.")
-    prob = prepare(L, Cy, noise_var, noise_init)
-    L_n, Cy_n, state = prob.L_n, prob.Cy_n, prob.state
+    if tol_type not in ("cost", "gamma"):
+        raise ValueError(f"tol_type must be 'cost' or 'gamma', got {tol_type!r}")
+    prob = prepare(L, Cy, noise_var, noise_init, null_space)
+    L_n, Cy_n, state, null_space = prob.L_n, prob.Cy_n, prob.state, prob.null_space
     B = Cy.shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=L.device)
     n_iter = torch.zeros(B, dtype=torch.long, device=L.device)
     costs = []
     for _ in range(max_iter):
         new, sinfo, _ = cb_iteration(L_n, Cy_n, state, learn_noise,
-                                     rel_threshold=rel_threshold)
+                                     rel_threshold=rel_threshold,
+                                     null_space=null_space, Lt=prob.Lt)
         costs.append(sinfo["cost"])
         # frozen samples keep their converged state
         keep = done[:, None]
@@ -430,16 +580,14 @@ def convex_bounding(L, Cy, *, learn_noise=True, noise_var=None, noise_init=0.1,
                 if len(costs) >= 2:
                     rel = (costs[-2] - costs[-1]).abs() / costs[-1].abs().clamp_min(1e-30)
                     done = done | (rel < tol)
-            elif tol_type == "gamma":
+            else:
                 change = ((new.gamma - state.gamma).abs().amax(-1)
                           / new.gamma.amax(-1).clamp_min(1e-300))
                 done = done | (change < tol)
-            else:
-                raise ValueError(f"tol_type must be 'cost' or 'gamma', got {tol_type!r}")
         state = new
         if bool(done.all()):
             break
-    final = precision(state.S, state.lam)
+    final = precision(state.S, state.lam, null_space)
     costs.append(type2_cost(final, Cy_n))
     gamma, lam = prob.to_input_units(state.gamma, state.lam)
     return CBResult(

@@ -8,22 +8,38 @@ shared with the package's solver.
 import numpy as np
 
 
-def champagne_numpy(L, Y, gamma0, lam0, n_iter, learn_noise):
+def champagne_numpy(L, Y, gamma0, lam0, n_iter, learn_noise, Q=None):
     """Alternating convex-bounding Champagne (Wipf 2009; Cai 2021).
 
+    With ``Q`` (M x k orthonormal: sensor directions without data, e.g. an
+    average reference), the model is written in reduced coordinates
+    ``U^T`` (``U`` an orthonormal basis of the complement of ``Q``): lead
+    field ``U^T L``, data ``U^T Y`` and sensor noise ``e_m`` entering
+    through the columns of ``E = U^T`` (noise covariance ``E Lambda E^T``).
+    The noise update treats the ``e_m`` like sources: ``lam_m <-
+    sqrt(mean(ebar_m^2) / (E^T W E)_mm)`` with ``ebar = Lambda E^T W Y``,
+    which with ``Q = None`` (``E = I``) is the usual residual update.
+
     Returns gamma, lam and the Type-II cost before each iteration and at
-    the end.
+    the end, and a function ``post(gamma, lam) -> (W, xbar, cost)``.
     """
     gamma = np.array(gamma0, float).copy()
     lam = np.array(lam0, float).copy()
+    M = L.shape[0]
+    if Q is None:
+        E = np.eye(M)
+    else:
+        U = np.linalg.svd(np.eye(M) - Q @ Q.T)[0][:, : M - Q.shape[1]]
+        E = U.T
+    Lr, Yr = E @ L, E @ Y
     T = Y.shape[1]
-    Cy = Y @ Y.T / T
+    Cy = Yr @ Yr.T / T
     costs = []
 
     def post(gamma, lam):
-        sigma = np.diag(lam) + (L * gamma) @ L.T
+        sigma = (E * lam) @ E.T + (Lr * gamma) @ Lr.T
         W = np.linalg.inv(sigma)
-        xbar = gamma[:, None] * (L.T @ W @ Y)
+        xbar = gamma[:, None] * (Lr.T @ W @ Yr)
         cost = np.linalg.slogdet(sigma)[1] + np.trace(Cy @ W)
         return W, xbar, cost
 
@@ -31,16 +47,16 @@ def champagne_numpy(L, Y, gamma0, lam0, n_iter, learn_noise):
         W, xbar, cost = post(gamma, lam)
         costs.append(cost)
         a = np.mean(xbar ** 2, axis=1)
-        b = np.einsum("mn,mk,kn->n", L, W, L)
+        b = np.einsum("mn,mk,kn->n", Lr, W, Lr)
         gamma = np.sqrt(a / b)
         if learn_noise:
             W, xbar, _ = post(gamma, lam)
-            resid = Y - L @ xbar
-            r = np.mean(resid ** 2, axis=1)
-            c = np.diag(W)
+            ebar = lam[:, None] * (E.T @ W @ Yr)
+            r = np.mean(ebar ** 2, axis=1)
+            c = np.einsum("km,kj,jm->m", E, W, E)
             lam = np.sqrt(r / c)
     costs.append(post(gamma, lam)[2])
-    return gamma, lam, np.array(costs)
+    return gamma, lam, np.array(costs), post
 
 
 def focal_problem(rng, M=32, N=200, T=150, n_active=3, snr_scale=0.05,
@@ -57,3 +73,9 @@ def focal_problem(rng, M=32, N=200, T=150, n_active=3, snr_scale=0.05,
     lam = p * snr_scale * (rng.uniform(0.2, 3.0, M) if hetero else np.ones(M))
     Y = signal + rng.standard_normal((M, T)) * np.sqrt(lam)[:, None]
     return L, X, Y, lam, np.sort(support)
+
+
+def average_reference(L, Y):
+    """Average-referenced copies of a lead field and data, and ``Q``."""
+    M = L.shape[0]
+    return (L - L.mean(0), Y - Y.mean(0), np.full((M, 1), 1 / np.sqrt(M)))

@@ -6,7 +6,9 @@ import torch
 import mne
 from mne.inverse_sparse import gamma_map
 
-from mne_unfolded_sbl import apply_unfolded_sbl, apply_unfolded_sbl_epochs
+from mne_unfolded_sbl import (UnfoldedSBLOperator, apply_unfolded_sbl,
+                              apply_unfolded_sbl_epochs,
+                              make_unfolded_sbl_operator)
 from mne_unfolded_sbl.network import UnfoldedSBL
 from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
 
@@ -118,6 +120,37 @@ def test_residual_and_learned_noise_flag_noisy_channel(train_fwd):
     assert np.linalg.norm(resid.data) < 0.5 * np.linalg.norm(ev.data)
 
 
+def test_reference_subspace_and_lazy_kernel(train_fwd):
+    """The average reference removes one sensor direction: the solver works
+    in the remaining subspace, so the jointly learned noise stays right on
+    every channel however long it runs; the stc holds the posterior kernel
+    (T-independent) and equals the explicit posterior mean."""
+    from mne_unfolded_sbl.inverse import _prepare
+    from mne_unfolded_sbl.solver import covariance_statistic
+
+    cfg = SimulationConfig(n_sources=(3, 3), spread=0.0, snr_db=(10.0, 10.0))
+    evoked, _, cov = simulate_evoked(train_fwd, cfg, seed=2, verbose=False)
+    stc, learned = apply_unfolded_sbl(evoked, train_fwd, cov, model="cb",
+                                      n_layers=300, return_noise_cov=True,
+                                      dtype="float64", verbose=False)
+    ratio = learned["data"] / cov["data"]
+    assert 0.7 < np.median(ratio) < 1.4
+    assert ratio.min() > 0.3 and ratio.max() < 3  # no channel collapses
+    assert stc._kernel is not None and stc._data is None  # not formed yet
+    _, gain, _, wh, sel, null = _prepare(evoked, train_fwd, cov, None)
+    assert null.rank == 1  # the average-reference projector
+    Q = null.Q.numpy()
+    np.testing.assert_allclose(np.abs(Q), 1 / np.sqrt(len(Q)), rtol=1e-6)
+    assert np.abs(Q.T @ wh).max() < 1e-10 * np.abs(wh).max()
+    Y = torch.as_tensor((wh @ evoked.data[sel])[None])
+    net = UnfoldedSBL(300, "cb", True).double()
+    with torch.no_grad():
+        X = net(torch.as_tensor(gain), covariance_statistic(Y),
+                null_space=null).posterior_mean(Y)[0].numpy()
+    np.testing.assert_allclose(stc.data, X, rtol=1e-6,
+                               atol=1e-9 * np.abs(X).max())
+
+
 def test_epochs_batched_equals_one_by_one(easy):
     fwd, evoked, _, cov = easy
     rng = np.random.default_rng(2)
@@ -134,6 +167,39 @@ def test_epochs_batched_equals_one_by_one(easy):
                                     verbose=False)
         np.testing.assert_allclose(stcs[k].data, single.data, rtol=1e-7,
                                    atol=1e-9 * np.abs(single.data).max())
+
+
+def test_prepared_operator_equals_direct_call(easy):
+    """An operator made once gives the same estimates as the one-shot call,
+    for evoked and epochs, and refuses data it was not made for."""
+    fwd, evoked, _, cov = easy
+    op = make_unfolded_sbl_operator(evoked.info, fwd, cov, verbose=False)
+    assert isinstance(op, UnfoldedSBLOperator)
+    assert "64 EEG channels" in repr(op) and "data rank 63" in repr(op)
+    kw = dict(model="cb", dtype="float64", verbose=False)
+    direct = apply_unfolded_sbl(evoked, fwd, cov, **kw)
+    for _ in range(2):  # reusable
+        stc = apply_unfolded_sbl(evoked, op, None, **kw)
+        np.testing.assert_array_equal(stc.data, direct.data)
+    epochs = mne.EpochsArray(evoked.data[None].repeat(2, 0), evoked.info,
+                             tmin=evoked.times[0], verbose=False)
+    stcs = apply_unfolded_sbl_epochs(epochs, op, None, **kw)
+    np.testing.assert_allclose(stcs[1].data, direct.data, rtol=1e-10,
+                               atol=1e-12 * np.abs(direct.data).max())
+    with pytest.raises(ValueError, match="noise_cov=None"):
+        apply_unfolded_sbl(evoked, op, cov, **kw)
+    with pytest.raises(ValueError, match="noise_cov is required"):
+        apply_unfolded_sbl(evoked, fwd, None, **kw)
+    bad = evoked.copy()
+    bad.info["bads"] = [bad.ch_names[5]]
+    with pytest.raises(ValueError, match="mark as bad"):
+        apply_unfolded_sbl(bad, op, None, **kw)
+    # an operator made without that channel runs on the same data
+    op_bad = make_unfolded_sbl_operator(bad.info, fwd, cov, verbose=False)
+    assert len(op_bad.ch_names) == 63
+    stc = apply_unfolded_sbl(evoked, op_bad, None, **kw)
+    np.testing.assert_array_equal(
+        stc.data, apply_unfolded_sbl(bad, fwd, cov, **kw).data)
 
 
 def test_free_orientation_forward_is_converted(tiny_forward):

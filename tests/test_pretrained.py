@@ -12,7 +12,7 @@ from mne_unfolded_sbl import pretrained
 from mne_unfolded_sbl.network import UnfoldedSBL
 from mne_unfolded_sbl.pretrained import (fetch_weights, load_model, load_weights,
                                          registry, save_model)
-from mne_unfolded_sbl.solver import covariance_statistic
+from mne_unfolded_sbl.solver import NullSpace, covariance_statistic
 
 REFERENCE = Path(__file__).parent / "data" / "deep-cb_joint_reference.npz"
 
@@ -29,12 +29,15 @@ def test_bundled_weights_reproduce_reference_output():
     ref = np.load(REFERENCE)
     if str(ref["sha256"]) != registry()["deep-cb_joint"]["sha256"]:
         pytest.fail("deep-cb_joint weights changed: regenerate "
-                    "tests/data/deep-cb_joint_reference.npz with the new file")
+                    "tests/data/deep-cb_joint_reference.npz with "
+                    "tools/make_weights_reference.py")
     net = load_model("deep-cb", learn_noise=True).double()
     assert net.model == "deep-cb" and net.n_layers == 25 and net.learn_noise
+    null = NullSpace.average_reference(ref["L"].shape[0])  # referenced data
     with torch.no_grad():
         out = net(torch.tensor(ref["L"]),
-                  covariance_statistic(torch.tensor(ref["Y"])[None]))
+                  covariance_statistic(torch.tensor(ref["Y"])[None]),
+                  null_space=null)
     np.testing.assert_allclose(out.gamma[0].numpy(), ref["gamma"], rtol=1e-9,
                                atol=1e-12 * ref["gamma"].max())
     np.testing.assert_allclose(out.lam[0].numpy(), ref["lam"], rtol=1e-9)
@@ -42,7 +45,8 @@ def test_bundled_weights_reproduce_reference_output():
     cb = UnfoldedSBL(25, "cb", True).double()
     with torch.no_grad():
         g_cb = cb(torch.tensor(ref["L"]),
-                  covariance_statistic(torch.tensor(ref["Y"])[None])).gamma
+                  covariance_statistic(torch.tensor(ref["Y"])[None]),
+                  null_space=null).gamma
     assert not np.allclose(g_cb[0].numpy(), ref["gamma"], rtol=1e-3)
 
 

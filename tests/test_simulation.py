@@ -188,8 +188,9 @@ def test_X_is_superposition_of_footprints(geometry):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_realised_snr_and_noise_var(geometry, dtype):
     L, pos = geometry
-    config = SimulationConfig(n_times=2000)
+    config = SimulationConfig(n_times=2000, reference="none")
     sim = EEGSimulator(L, pos, config, dtype=dtype, seed=3)
+    assert sim.null_space is None
     out = sim.sample(4)
     X, Y = out["X"].double(), out["Y"].double()
     clean = torch.as_tensor(L) @ X
@@ -358,3 +359,22 @@ def test_from_forward_matches_gain(tiny_forward):
     np.testing.assert_allclose(_np(sim.pos), pos)
     with pytest.raises(TypeError, match="fwd"):
         simulate_evoked("not a forward")
+
+
+def test_average_reference_of_the_data(geometry):
+    """The default output is the unreferenced sample with the channel mean
+    removed (as MNE's average-reference projector does), same draws."""
+    L, pos = geometry
+    ref = EEGSimulator(L, pos, SimulationConfig(), dtype=torch.float64)
+    raw = EEGSimulator(L, pos, SimulationConfig(reference="none"),
+                       dtype=torch.float64)
+    a, b = ref.sample(3, seed=11), raw.sample(3, seed=11)
+    Yb = b["Y"] - b["Y"].mean(-2, keepdim=True)
+    torch.testing.assert_close(a["Y"], Yb, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a["noise_var"], b["noise_var"])
+    assert float(a["Y"].mean(-2).abs().max()) < 1e-12
+    Q = ref.null_space.Q
+    assert Q.shape == (L.shape[0], 1)
+    np.testing.assert_allclose(_np(Q), 1 / np.sqrt(L.shape[0]))
+    with pytest.raises(ValueError, match="reference"):
+        SimulationConfig(reference="car")

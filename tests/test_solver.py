@@ -6,11 +6,12 @@ import torch
 from mne.inverse_sparse._gamma_map import _gamma_map_opt
 
 from mne_unfolded_sbl.network import MODELS, UnfoldedSBL
-from mne_unfolded_sbl.solver import (convex_bounding, covariance_statistic,
-                                     hard_threshold, noise_stats, precision,
-                                     model_covariance, prepare, source_stats)
+from mne_unfolded_sbl.solver import (NullSpace, convex_bounding,
+                                     covariance_statistic, hard_threshold,
+                                     noise_stats, precision, model_covariance,
+                                     prepare, source_stats)
 
-from reference import champagne_numpy, focal_problem
+from reference import average_reference, champagne_numpy, focal_problem
 
 
 def _torch(*arrays, dtype=torch.float64):
@@ -23,11 +24,11 @@ def problem():
     return focal_problem(rng)
 
 
-def _start(L, Y, noise_var, noise_init=0.1):
+def _start(L, Y, noise_var, noise_init=0.1, null_space=None):
     """The solver's starting point, in input units, for the reference."""
     Lt, Yt = _torch(L, Y[None])
     nv = None if noise_var is None else torch.as_tensor(noise_var)
-    prob = prepare(Lt, covariance_statistic(Yt), nv, noise_init)
+    prob = prepare(Lt, covariance_statistic(Yt), nv, noise_init, null_space)
     g0, l0 = prob.to_input_units(prob.state.gamma, prob.state.lam)
     return g0[0].numpy(), l0[0].numpy()
 
@@ -46,7 +47,7 @@ def test_untrained_network_equals_numpy_champagne(problem, model, learn_noise):
                   None if nv is None else torch.as_tensor(nv))
         Xbar = out.posterior_mean(Yt)[0].numpy()
     g0, l0 = _start(L, Y, nv)
-    g_ref, l_ref, _ = champagne_numpy(L, Y, g0, l0, 25, learn_noise)
+    g_ref, l_ref, _, _ = champagne_numpy(L, Y, g0, l0, 25, learn_noise)
     np.testing.assert_allclose(out.gamma[0].numpy(), g_ref, rtol=1e-9,
                                atol=1e-11 * g_ref.max())
     np.testing.assert_allclose(out.lam[0].numpy(), l_ref, rtol=1e-9)
@@ -84,7 +85,7 @@ def test_cost_never_increases(problem, learn_noise):
     # and the reference computes the same cost trajectory up to a constant
     # (the package's cost is on the normalised problem)
     g0, l0 = _start(L, Y, None if learn_noise else lam)
-    _, _, c_ref = champagne_numpy(L, Y, g0, l0, 200, learn_noise)
+    _, _, c_ref, _ = champagne_numpy(L, Y, g0, l0, 200, learn_noise)
     np.testing.assert_allclose(np.diff(cost), np.diff(c_ref), rtol=1e-6,
                                atol=1e-9)
 
@@ -233,3 +234,120 @@ def test_runaway_corrections_stay_finite(problem):
             X = out.posterior_mean(Yt)
         assert torch.isfinite(out.gamma).all() and torch.isfinite(X).all()
         assert torch.isfinite(out.lam).all() and (out.lam > 0).all()
+
+
+# ---------------------------------------------------------------------------
+# referenced data: the null space of the average reference / projectors
+
+
+@pytest.fixture(scope="module")
+def referenced():
+    L, X, Y, lam, support = focal_problem(np.random.default_rng(5))
+    Lr, Yr, Q = average_reference(L, Y)
+    return Lr, Yr, lam, Q
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("learn_noise", [True, False])
+def test_null_space_network_equals_reduced_numpy_champagne(referenced, model,
+                                                           learn_noise):
+    """With a NullSpace the untrained network is Champagne written in the
+    reduced coordinates of the data subspace (independent NumPy code)."""
+    L, Y, lam, Q = referenced
+    M, N = L.shape
+    ns = NullSpace(Q)
+    nv = None if learn_noise else lam
+    net = UnfoldedSBL(25, model, learn_noise, n_sources=N, n_sensors=M).double()
+    Lt, Yt = _torch(L, Y[None])
+    with torch.no_grad():
+        out = net(Lt, covariance_statistic(Yt),
+                  None if nv is None else torch.as_tensor(nv), null_space=ns)
+        Xbar = out.posterior_mean(Yt)[0].numpy()
+        K = out.posterior_kernel()[0].numpy()
+    g0, l0 = _start(L, Y, nv, null_space=ns)
+    g_ref, l_ref, _, post = champagne_numpy(L, Y, g0, l0, 25, learn_noise, Q=Q)
+    np.testing.assert_allclose(out.gamma[0].numpy(), g_ref, rtol=1e-8,
+                               atol=1e-11 * g_ref.max())
+    np.testing.assert_allclose(out.lam[0].numpy(), l_ref, rtol=1e-8)
+    X_ref = post(g_ref, l_ref)[1]
+    np.testing.assert_allclose(Xbar, X_ref, rtol=1e-7,
+                               atol=1e-10 * np.abs(X_ref).max())
+    # the kernel form gives the same posterior mean
+    np.testing.assert_allclose(K @ Y, Xbar, rtol=1e-7,
+                               atol=1e-10 * np.abs(X_ref).max())
+
+
+def test_null_space_keeps_joint_learning_well_posed(referenced):
+    """With the null space the joint cost decreases monotonically to a
+    finite limit, as the reduced-coordinate reference computes it."""
+    L, Y, lam, Q = referenced
+    Lt, Yt = _torch(L, Y[None])
+    res = convex_bounding(Lt, covariance_statistic(Yt), learn_noise=True,
+                          max_iter=400, null_space=NullSpace(Q))
+    cost = res.cost[:, 0].numpy()
+    assert np.all(np.diff(cost) <= 1e-10 * np.abs(cost[:-1]))
+    assert abs(cost[-1] - cost[-2]) < 1e-6 * abs(cost[-1])  # converging
+    g0, l0 = _start(L, Y, None, null_space=NullSpace(Q))
+    _, _, c_ref, _ = champagne_numpy(L, Y, g0, l0, 60, True, Q=Q)
+    np.testing.assert_allclose(np.diff(cost[:61]), np.diff(c_ref), rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_without_null_space_referenced_noise_collapses():
+    """Average-referenced data have no power along the reference: without
+    the null space the joint noise estimate collapses (to the solver's lower
+    bound) within 25 iterations; with it, it stays of the order of the
+    truth."""
+    rng = np.random.default_rng(0)
+    M, N, T = 32, 300, 100
+    L = rng.standard_normal((M, N))
+    X = np.zeros((N, T))
+    X[:5] = rng.standard_normal((5, T))
+    lam = np.full(M, 0.05 * np.mean((L @ X) ** 2))
+    Y = L @ X + rng.standard_normal((M, T)) * np.sqrt(lam)[:, None]
+    L, Y, Q = average_reference(L, Y)
+    Lt, Yt = _torch(L, Y[None])
+    Cy = covariance_statistic(Yt)
+    good = convex_bounding(Lt, Cy, learn_noise=True, null_space=NullSpace(Q))
+    bad = convex_bounding(Lt, Cy, learn_noise=True)
+    assert np.median(good.lam[0].numpy() / lam) > 0.05
+    assert np.median(bad.lam[0].numpy() / lam) < 1e-6
+
+
+def test_null_space_ignores_the_null_component(referenced):
+    """Whatever the data hold along the null directions (round-off, an
+    unapplied reference) does not change the estimate."""
+    L, Y, lam, Q = referenced
+    rng = np.random.default_rng(9)
+    Y2 = Y + Q @ rng.standard_normal((1, Y.shape[1])) * 3.0
+    ns = NullSpace(Q)
+    Lt = torch.as_tensor(L)
+    out = [convex_bounding(Lt, covariance_statistic(torch.as_tensor(y[None])),
+                           null_space=ns) for y in (Y, Y2)]
+    torch.testing.assert_close(out[0].gamma, out[1].gamma, rtol=1e-9, atol=0)
+    torch.testing.assert_close(out[0].lam, out[1].lam, rtol=1e-9, atol=0)
+
+
+def test_null_space_checks_and_statistics(referenced):
+    L, Y, _, Q = referenced
+    with pytest.raises(ValueError, match="orthonormal"):
+        NullSpace(2 * Q)
+    with pytest.raises(ValueError, match="shape"):
+        NullSpace(np.eye(4))
+    ns = NullSpace(Q)
+    assert ns.rank == 1
+    # P (S + Lambda) P + Q Q^T, factorised: W restricted to the data
+    # subspace is the pseudo-inverse of the projected covariance
+    rng = np.random.default_rng(3)
+    gamma = rng.uniform(0.1, 2, L.shape[1])
+    lam = rng.uniform(0.5, 2, L.shape[0])
+    Lt, gt, lt = _torch(L, gamma[None], lam[None])
+    prec = precision(model_covariance(Lt, gt), lt, ns)
+    P = np.eye(len(Q)) - Q @ Q.T
+    sigma_p = P @ ((L * gamma) @ L.T + np.diag(lam)) @ P
+    W = prec.W[0].numpy()
+    np.testing.assert_allclose(P @ W @ P, np.linalg.pinv(sigma_p), rtol=1e-8,
+                               atol=1e-10)
+    Cy = covariance_statistic(_torch(Y[None])[0])
+    c = noise_stats(Cy, lt, prec, ns).c[0].numpy()
+    np.testing.assert_allclose(c, np.diag(np.linalg.pinv(sigma_p)), rtol=1e-8)

@@ -197,8 +197,9 @@ def test_export_and_cli(leadfield_files, tmp_path):
     L = torch.as_tensor(lf.L, dtype=torch.float32)
     tr.net.eval()
     with torch.no_grad():
-        a = tr.net(L, batch["Cy"]).posterior_mean(batch["Y"])
-        b = net(L, batch["Cy"]).posterior_mean(batch["Y"])
+        ns = batch["null_space"]
+        a = tr.net(L, batch["Cy"], null_space=ns).posterior_mean(batch["Y"])
+        b = net(L, batch["Cy"], null_space=ns).posterior_mean(batch["Y"])
     assert torch.equal(a, b)
 
     entry = register_weights(fname, "bias-cb_joint", registry_dir=tmp_path / "reg")
@@ -276,7 +277,8 @@ def test_ddp_gradients_match_single_process(leadfield_files, tmp_path):
     for ph in phases:
         parts = [shards.train_batch(ph.index, 0, rank=r) for r in (0, 1)]
         assert not torch.equal(parts[0]["Y"], parts[1]["Y"])  # own shards
-        batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        batch = {k: torch.cat([p[k] for p in parts]) if torch.is_tensor(v) else v
+                 for k, v in parts[0].items()}
         tr._setup_phase(ph, fresh=False)
         tr.backward_step(ph, step=0, batch=batch)
         ref[ph.name] = {k: p.grad.clone() for k, p in tr.net.named_parameters()

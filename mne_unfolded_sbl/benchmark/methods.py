@@ -191,6 +191,12 @@ class SBLMethod(Method):
         super().prepare(problem)
         self._dtype = _DTYPES[self.dtype]
         self._L = torch.as_tensor(problem.L, dtype=self._dtype)
+        # average-referenced simulations: the data have no power along 1
+        self._null = None
+        if getattr(problem.config, "reference", "none") == "average":
+            from ..solver import NullSpace
+
+            self._null = NullSpace.average_reference(problem.n_sensors)
         if self.tol is None:
             from ..pretrained import load_model
 
@@ -226,11 +232,13 @@ class SBLMethod(Method):
         if self.tol is not None:
             res = convex_bounding(self._L, Cy, learn_noise=self.learn_noise,
                                   noise_var=noise_var, max_iter=self.max_iter,
-                                  tol=self.tol, tol_type="cost")
-            X = posterior_mean(self._L, res.gamma, res.lam, Y)
+                                  tol=self.tol, tol_type="cost",
+                                  null_space=self._null)
+            X = posterior_mean(self._L, res.gamma, res.lam, Y, self._null)
             return X, res.n_iter, res
         out = self.net(self._L, Cy, noise_var,
-                       return_trajectory=return_trajectory)
+                       return_trajectory=return_trajectory,
+                       null_space=self._null)
         n_iter = torch.full((len(Y),), self.net.n_layers)
         return out.posterior_mean(Y), n_iter, out
 

@@ -29,7 +29,7 @@ TRAINABLE_MODELS = ("bias-cb", "deep-cb", "deep-attn-cb")
 #: Table of each field in a written TOML file.
 SECTIONS = {
     "model": ("model", "learn_noise", "n_layers", "hidden", "embed_dim",
-              "n_heads", "rel_threshold", "noise_init"),
+              "n_heads", "rel_threshold", "noise_init", "init_weights"),
     "optim": ("lr", "finetune_lr", "betas", "adam_eps", "grad_clip",
               "gradient_checkpointing"),
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
@@ -57,7 +57,11 @@ class TrainConfig:
         (joint gamma/lambda if True, source-only with the true noise else),
         ``n_layers`` K (the last layer is classical), ``hidden`` (MLP width),
         ``embed_dim``, ``n_heads`` (attention), ``rel_threshold`` (hard
-        threshold eps_rel, 0 = off), ``noise_init``.
+        threshold eps_rel, 0 = off), ``noise_init``; ``init_weights``
+        (empty: zero-initialised corrections, i.e. the classical solver;
+        else a ``.safetensors`` weights file or a bundled model name such
+        as ``"deep-cb"`` (with this run's ``learn_noise``) to fine-tune
+        from; same architecture).
     Optimisation
         Adam with ``lr`` in every progressive phase and ``finetune_lr`` in the
         final joint phase (``lr`` there when ``progressive`` is False),
@@ -106,6 +110,7 @@ class TrainConfig:
     n_heads: int = 2
     rel_threshold: float = 0.0
     noise_init: float = 0.1
+    init_weights: str = ""
     # optimisation
     lr: float = 1e-3
     finetune_lr: float = 1e-4

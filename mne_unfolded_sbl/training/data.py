@@ -172,12 +172,15 @@ class SimulatedData:
         # validation data come from the perturbed one: no inverse crime)
         self.L = self.train_sim.L
         self.pos = np.asarray(train_lf.pos)
+        #: sensor directions without data (average reference), or None
+        self.null_space = self.train_sim.null_space
 
     def train_batch(self, phase, step, rank=None):
         """The batch of ``rank`` (default: this rank) at ``(phase, step)``."""
         rank = self.rank if rank is None else int(rank)
         seed = derive_seed(self.config.seed, _TRAIN, rank, phase, step)
-        return _finish(self.train_sim.sample(self.local_batch, seed=seed))
+        return _finish(self.train_sim.sample(self.local_batch, seed=seed),
+                       self.null_space)
 
     def ds_generator(self, phase, step):
         """CPU generator for the deep-supervision draw (same on every rank)."""
@@ -193,15 +196,17 @@ class SimulatedData:
                 return
             b = min(bs, self.config.val_size - start)
             batch = _finish(self.val_sim.sample(
-                b, seed=derive_seed(self.config.val_seed, _VAL, i)))
+                b, seed=derive_seed(self.config.val_seed, _VAL, i)),
+                self.null_space)
             if start + b > n:
-                batch = {k: v[: n - start] for k, v in batch.items()}
+                batch = {k: v[: n - start] if torch.is_tensor(v) else v
+                         for k, v in batch.items()}
             yield batch
 
 
-def _finish(sample):
+def _finish(sample, null_space=None):
     from ..solver import covariance_statistic
 
     Y = sample["Y"]
     return dict(Y=Y, X=sample["X"], noise_var=sample["noise_var"],
-                Cy=covariance_statistic(Y))
+                Cy=covariance_statistic(Y), null_space=null_space)

@@ -64,12 +64,20 @@ def model_card(card):
         f"- lead field: {card['n_sensors']} sensors x {card['n_sources']} "
         f"sources ({card['leadfield']})",
     ]
+    init = cfg.get("init_weights") or ""
+    if init:
+        lines.append(f"- started from the weights `{init}` (fine-tuning; the "
+                     "steps, samples and time above are this run's only)")
+    ref = cfg.get("simulation", {}).get("reference", "average")
+    lines.append(f"- simulated data reference: {ref}")
     if card.get("final_validation"):
         v = card["final_validation"]
+        start = (f"the initial weights `{init}`" if init
+                 else "classical solver")
         lines += ["", "Loss on the training run's own fixed validation set "
                   "(normalised squared error of the final posterior mean, "
                   f"{cfg['val_size']} samples, perturbed conductivities): "
-                  f"{v['val_loss_final']:.4f} (classical solver at the start of "
+                  f"{v['val_loss_final']:.4f} ({start} at the start of "
                   f"training: {card.get('initial_val_loss', float('nan')):.4f})."]
     lines += ["", "## Training configuration", "", "```toml",
               card["train_config_toml"].rstrip(), "```", "",

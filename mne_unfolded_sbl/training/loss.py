@@ -56,7 +56,8 @@ class LossModule(nn.Module):
         ----------
         L : torch.Tensor, shape (M, N)
         batch : dict
-            ``Y``, ``X``, ``Cy`` and ``noise_var`` (used by source-only nets).
+            ``Y``, ``X``, ``Cy``, ``noise_var`` (used by source-only nets)
+            and optionally ``null_space`` (average-referenced data).
         n_layers : int
             Run the first ``n_layers`` layers; the output after the last of
             them is supervised.
@@ -68,7 +69,8 @@ class LossModule(nn.Module):
         noise_var = None if net.learn_noise else batch["noise_var"]
         ds_layers = list(ds_layers) if beta_ds > 0 else []
         out = net(L, batch["Cy"], noise_var, n_layers=n_layers,
-                  return_trajectory=bool(ds_layers))
+                  return_trajectory=bool(ds_layers),
+                  null_space=batch.get("null_space"))
         l_final = nmse(out.posterior_mean(batch["Y"]), batch["X"]).mean()
         loss = l_final
         l_ds = torch.zeros((), dtype=torch.float64, device=l_final.device)

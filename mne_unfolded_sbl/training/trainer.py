@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._compat import logger
 from ..network import UnfoldedSBL
 from . import distributed as ddp
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint,
@@ -160,6 +161,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.net = UnfoldedSBL(**config.network_kwargs(N, M)).to(
             device=self.device, dtype=self.dtype)
+        if config.init_weights and ckpt is None:
+            self._load_initial_weights(config.init_weights)
         self.net.gradient_checkpointing = bool(config.gradient_checkpointing)
         self.loss_module = LossModule(self.net)
         self.phases = make_phases(config)
@@ -183,6 +186,19 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
             self._restore(ckpt)
+
+    def _load_initial_weights(self, source):
+        """Start from trained weights (a file or a registered name)."""
+        from ..pretrained import load_model
+
+        src = load_model(source, learn_noise=self.config.learn_noise)
+        if src.config != self.net.config:
+            diff = {k: (src.config.get(k), v) for k, v in self.net.config.items()
+                    if src.config.get(k) != v}
+            raise ValueError(f"init_weights={source!r} has another architecture "
+                             f"than this run (weights vs run: {diff}).")
+        self.net.load_state_dict(src.state_dict())
+        logger.info(f"Initialised the corrections from {source}")
 
     # ------------------------------------------------------------------
     # phases and steps
@@ -430,7 +446,8 @@ class Trainer:
         for batch in self.data.val_batches():
             nv = None if net.learn_noise else batch["noise_var"]
             out = net(self.data.L, batch["Cy"], nv,
-                      return_trajectory=want != [K - 1])
+                      return_trajectory=want != [K - 1],
+                      null_space=batch.get("null_space"))
             for k in want:
                 Xk = out.posterior_mean(batch["Y"], layer=None if k == K - 1 else k)
                 sums[k] += float(nmse(Xk, batch["X"]).sum())
