@@ -379,47 +379,36 @@ def per_evoked(args, table):
         table.add("per evoked", label, *(x[0] for x in v),
                   "; ".join(f"T={T}: min {_ms(min(x[1]))}" for T, x in zip(Ts, v)))
 
-    for model, learn_noise in [("cb", True), ("cb", False)] + [
-            (n.rpartition("_")[0], n.endswith("joint")) for n in sorted(registry())]:
-        times, notes = [], []
-        for T in Ts:
-            ev, cov = data[T]["evoked"], data[T]["cov"]
-            t, all_t = timeit(lambda: apply_unfolded_sbl(
-                ev, fwd, cov, model=model, learn_noise=learn_noise,
-                verbose=False), args.repeats)
-            times.append(t)
-            notes.append(f"T={T}: min {_ms(min(all_t))}")
-        table.add("per evoked", f"apply_unfolded_sbl(model={model!r}, "
-                  f"learn_noise={learn_noise}) end to end", *times,
-                  "; ".join(notes))
-        print(table.rows[-1], flush=True)
     from mne_unfolded_sbl import make_unfolded_sbl_operator
 
-    for model, learn_noise in [("cb", True)] + [
-            (n.rpartition("_")[0], True) for n in sorted(registry())
-            if n.endswith("joint")]:
+    def api_row(label, make_call):
+        """Time ``make_call(evoked, cov)()`` at every T and add a row."""
         times, notes = [], []
-        for T in Ts:  # forward and noise covariance prepared once
-            ev, cov = data[T]["evoked"], data[T]["cov"]
-            op = make_unfolded_sbl_operator(ev.info, fwd, cov, verbose=False)
-            t, all_t = timeit(lambda: apply_unfolded_sbl(
-                ev, op, None, model=model, learn_noise=learn_noise,
-                verbose=False), args.repeats)
+        for T in Ts:
+            call = make_call(data[T]["evoked"], data[T]["cov"])
+            t, all_t = timeit(call, args.repeats)
             times.append(t)
             notes.append(f"T={T}: min {_ms(min(all_t))}")
-        table.add("per evoked", f"apply_unfolded_sbl(model={model!r}) with a "
-                  "prepared operator", *times, "; ".join(notes))
+        table.add("per evoked", label, *times, "; ".join(notes))
         print(table.rows[-1], flush=True)
-    times, notes = [], []
-    for T in Ts:  # the same, materialising the dense (N x T) stc.data
-        ev, cov = data[T]["evoked"], data[T]["cov"]
-        t, all_t = timeit(lambda: apply_unfolded_sbl(
-            ev, fwd, cov, model="cb", verbose=False).data, args.repeats)
-        times.append(t)
-        notes.append(f"T={T}: min {_ms(min(all_t))}")
-    table.add("per evoked", "apply_unfolded_sbl(model='cb') + dense stc.data",
-              *times, "; ".join(notes))
-    print(table.rows[-1], flush=True)
+
+    models = [(n.rpartition("_")[0], n.endswith("joint")) for n in sorted(registry())]
+    for model, learn_noise in [("cb", True), ("cb", False)] + models:
+        api_row(f"apply_unfolded_sbl(model={model!r}, learn_noise={learn_noise}) "
+                "end to end", lambda ev, cov: lambda: apply_unfolded_sbl(
+                    ev, fwd, cov, model=model, learn_noise=learn_noise,
+                    verbose=False))
+    for model, learn_noise in [("cb", True)] + [m for m in models if m[1]]:
+        def with_operator(ev, cov):  # forward and noise covariance prepared once
+            op = make_unfolded_sbl_operator(ev.info, fwd, cov, verbose=False)
+            return lambda: apply_unfolded_sbl(ev, op, None, model=model,
+                                              learn_noise=learn_noise,
+                                              verbose=False)
+        api_row(f"apply_unfolded_sbl(model={model!r}) with a prepared operator",
+                with_operator)
+    api_row("apply_unfolded_sbl(model='cb') + dense stc.data",
+            lambda ev, cov: lambda: apply_unfolded_sbl(
+                ev, fwd, cov, model="cb", verbose=False).data)
     return res, L
 
 

@@ -158,9 +158,12 @@ def test_epochs_batched_equals_one_by_one(easy):
     epochs = mne.EpochsArray(data, evoked.info, tmin=evoked.times[0],
                              verbose=False)  # keeps the average reference
     stcs, covs = apply_unfolded_sbl_epochs(epochs, fwd, cov, model="cb",
-                                           return_noise_cov=True,
+                                           return_noise_cov=True, batch_size=2,
                                            dtype="float64", verbose=False)
-    assert len(stcs) == 3 and len(covs) == 3
+    assert len(stcs) == 3 and len(covs) == 3  # two passes: 2 + 1 epochs
+    with pytest.raises(ValueError, match="batch_size"):
+        apply_unfolded_sbl_epochs(epochs, fwd, cov, model="cb", batch_size=0,
+                                  verbose=False)
     for k in range(3):
         ev = mne.EvokedArray(data[k], evoked.info, tmin=evoked.times[0], nave=1)
         single = apply_unfolded_sbl(ev, fwd, cov, model="cb", dtype="float64",

@@ -49,7 +49,14 @@ def plot_metrics(result, fname, title=None):
                 label="mean")
         ax.set_title(METRICS[metric][0])
         if metric == "rmse":
+            from matplotlib.ticker import LogLocator, NullFormatter
+
             ax.set_xscale("log")
+            # labels on the decades only: minor labels overlap on a
+            # narrow (less than a decade) range
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_formatter(lambda x, pos: f"{x:g}")
         ax.grid(alpha=0.3)
     axes[0].set_yticks(np.arange(1, len(methods) + 1),
                        [m.label for m in methods])
