@@ -80,7 +80,6 @@ class NullSpace:
             raise ValueError("The columns of Q must be orthonormal.")
         self.Q = Q
         self.QQt = Q @ Q.T
-        self.P = torch.eye(Q.shape[0], dtype=Q.dtype, device=Q.device) - self.QQt
         self.diag = self.QQt.diagonal().clone()
 
     @classmethod
@@ -113,6 +112,7 @@ class NullSpace:
         """``P C P + Q Q^T``: a model covariance on the data subspace,
         completed by a unit variance on the null directions."""
         return C - self._pcp_correction(C) + self.QQt
+
 
 def _null_space_like(null, device):
     if null is None or null.Q.device == torch.device(device):
