@@ -21,6 +21,9 @@ from mne.inverse_sparse.mxne_inverse import _compute_residual  # noqa: E402
 from .solver import NullSpace
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Singular values of the whitener below this fraction of the largest are
+#: directions without data (reference, projectors, rank deficiency).
+_NULL_RTOL = 1e-6
 
 
 class UnfoldedSBLOperator:
@@ -83,6 +86,7 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
         Pass it as ``fwd`` (with ``noise_cov=None``) to
         :func:`apply_unfolded_sbl` or :func:`apply_unfolded_sbl_epochs`.
     """
+    from mne._fiff.proj import make_projector
     from mne.inverse_sparse.mxne_inverse import _prepare_gain
 
     _validate_type(info, mne.Info, "info")
@@ -90,15 +94,21 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
     ch_names = pick_channels(info, fwd, noise_cov)
     check_noise_cov(noise_cov, ch_names)
     info = mne.pick_info(info, [info["ch_names"].index(n) for n in ch_names])
-    fwd, gain, gain_info, whitener, source_weighting, _ = _prepare_gain(
+    fwd, _, gain_info, whitener, _, _ = _prepare_gain(
         fwd, info, noise_cov, pca=False, depth=None, loose=0.0, rank=rank)
-    # MNE scales the whitened gain by a global factor (no depth weighting
-    # here); the estimates get it back as in gamma_map's
-    # _reapply_source_weighting.  Fold it into the gain's columns instead,
+    # As MNE's inverse operators do, project before whitening: with
+    # rank="full" MNE's whitener alone amplifies the reference direction
+    # (by ~1e8 here) instead of removing it.
+    proj, _, _ = make_projector(gain_info["projs"], gain_info["ch_names"])
+    whitener = whitener @ proj
+    # The whitened gain in V / (A.m) per unit noise, from MNE's
+    # fixed-orientation forward (equal to MNE's whitened gain divided by its
+    # global source weighting with rank=None, and clean with rank="full"),
     # so that the solver's estimates are in A.m directly.
-    gain = gain / source_weighting[None, :]
-    return UnfoldedSBLOperator(fwd, gain, gain_info, whitener,
-                               _whitener_null_space(whitener), rank)
+    rows = [fwd["sol"]["row_names"].index(n) for n in gain_info["ch_names"]]
+    gain = whitener @ fwd["sol"]["data"][rows]
+    null = _whitener_null_space(whitener)
+    return UnfoldedSBLOperator(fwd, gain, gain_info, whitener, null, rank)
 
 
 def _operator_for(inst, fwd, noise_cov, rank):
@@ -147,7 +157,7 @@ def _whitener_null_space(whitener):
     """The directions the whitened data cannot reach (average reference,
     SSP projectors, a rank-deficient noise covariance), as a NullSpace."""
     U, s, _ = np.linalg.svd(whitener)
-    null = s <= s.max() * 1e-6
+    null = s <= s.max() * _NULL_RTOL
     if not null.any():
         return None
     if null.sum() >= len(s):
@@ -228,7 +238,9 @@ def _run(model, gain, Cy, nave, learn_noise, device, dtype, null_space,
 
 def _noise_covariance(lam_w, whitener, ch_names, nfree):
     """Learned whitened noise variances back to a diagonal physical covariance."""
-    unwhiten = np.linalg.pinv(whitener)
+    # the same cut as the null space: directions removed by the reference
+    # have no learned noise to map back
+    unwhiten = np.linalg.pinv(whitener, rcond=_NULL_RTOL)
     diag = np.einsum("mk,k,mk->m", unwhiten, lam_w, unwhiten)
     return mne.Covariance(diag, ch_names, bads=[], projs=[], nfree=nfree)
 

@@ -151,6 +151,27 @@ def test_reference_subspace_and_lazy_kernel(train_fwd):
                                atol=1e-9 * np.abs(X).max())
 
 
+def test_rank_full_still_removes_the_reference(easy):
+    """rank="full" keeps the reference direction in MNE's whitener (with a
+    huge gain); the operator projects first, as MNE's inverse operators
+    do, so the estimate equals the rank-aware one."""
+    import warnings
+
+    fwd, evoked, _, cov = easy
+    kw = dict(model="cb", dtype="float64", return_noise_cov=True,
+              verbose=False)
+    stc, noise = apply_unfolded_sbl(evoked, fwd, cov, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MNE: rank-deficient covariance
+        op = make_unfolded_sbl_operator(evoked.info, fwd, cov, rank="full",
+                                        verbose=False)
+    assert "data rank 63" in repr(op)
+    stc_full, noise_full = apply_unfolded_sbl(evoked, op, None, **kw)
+    np.testing.assert_allclose(stc_full.data, stc.data, rtol=1e-5,
+                               atol=1e-6 * np.abs(stc.data).max())
+    np.testing.assert_allclose(noise_full["data"], noise["data"], rtol=1e-5)
+
+
 def test_epochs_batched_equals_one_by_one(easy):
     fwd, evoked, _, cov = easy
     rng = np.random.default_rng(2)
