@@ -172,6 +172,38 @@ def test_rank_full_still_removes_the_reference(easy):
     np.testing.assert_allclose(noise_full["data"], noise["data"], rtol=1e-5)
 
 
+def test_extra_ssp_projector_is_a_second_null_direction(easy):
+    """An SSP projector on top of the average reference removes one more
+    direction: the operator solves in the 62-dimensional rest, and whatever
+    the data hold along the projector's vector leaves the estimate alone."""
+    fwd, evoked, _, cov = easy
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal(len(evoked.ch_names))
+    v -= v.mean()
+    v /= np.linalg.norm(v)
+    proj = mne.Projection(data=dict(nrow=1, ncol=len(v), row_names=None,
+                                    col_names=evoked.ch_names, data=v[None]),
+                          kind=1, desc="test-ssp", active=False,
+                          explained_var=None)
+    ev = evoked.copy().add_proj([proj])
+    assert len(evoked.info["projs"]) == 1  # the fixture is untouched
+    cov2 = cov.copy()
+    cov2["projs"] = list(ev.info["projs"])
+    op = make_unfolded_sbl_operator(ev.info, fwd, cov2, verbose=False)
+    assert "data rank 62" in repr(op)
+    kw = dict(model="cb", dtype="float64", return_noise_cov=True,
+              verbose=False)
+    stc, noise = apply_unfolded_sbl(ev, op, None, **kw)
+    ev_more = ev.copy()
+    ev_more.data = ev.data + np.outer(v, rng.standard_normal(ev.data.shape[1])
+                                      ) * 5 * np.abs(ev.data).max()
+    stc2, noise2 = apply_unfolded_sbl(ev_more, op, None, **kw)
+    np.testing.assert_allclose(stc2.data, stc.data, rtol=1e-6,
+                               atol=1e-8 * np.abs(stc.data).max())
+    ratio = noise["data"] / cov["data"]
+    assert 0.5 < np.median(ratio) < 2 and ratio.min() > 0.05
+
+
 def test_epochs_batched_equals_one_by_one(easy):
     fwd, evoked, _, cov = easy
     rng = np.random.default_rng(2)
