@@ -163,6 +163,16 @@ class SimulationConfig:
     footprint_threshold: float = 1e-3
     reference: str = "average"
 
+    def null_space(self, n_sensors, device=None):
+        """The :class:`~mne_unfolded_sbl.solver.NullSpace` of data simulated
+        with this configuration on ``n_sensors`` channels (``None`` when
+        ``reference == "none"``)."""
+        if self.reference == "none":
+            return None
+        from .solver import NullSpace
+
+        return NullSpace.average_reference(n_sensors, device)
+
     def __post_init__(self):
         _check_option("reference", self.reference, ("average", "none"))
         self.n_sources = _as_range(self.n_sources, "n_sources", "int")
@@ -346,11 +356,7 @@ class EEGSimulator:
     def null_space(self):
         """The :class:`~mne_unfolded_sbl.solver.NullSpace` of the simulated
         data (``None`` when ``config.reference == "none"``)."""
-        if self.config.reference == "none":
-            return None
-        from .solver import NullSpace
-
-        return NullSpace.average_reference(self.n_sensors, self.device)
+        return self.config.null_space(self.n_sensors, self.device)
 
     @property
     def n_sources(self):

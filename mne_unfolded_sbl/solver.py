@@ -367,9 +367,7 @@ def posterior_mean(L, gamma, lam, Y, null_space=None):
     -------
     Xbar : torch.Tensor, shape (B, N, T), in the dtype of ``L``.
     """
-    prec = precision(model_covariance(L, gamma), lam, null_space)
-    WY = (prec.W @ Y.to(torch.float64)).to(L.dtype)  # (B, M, T)
-    return gamma.to(L.dtype)[:, :, None] * (L.T @ WY)
+    return posterior_kernel(L, gamma, lam, null_space) @ Y.to(L.dtype)
 
 
 @dataclass

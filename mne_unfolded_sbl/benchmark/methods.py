@@ -192,11 +192,7 @@ class SBLMethod(Method):
         self._dtype = _DTYPES[self.dtype]
         self._L = torch.as_tensor(problem.L, dtype=self._dtype)
         # average-referenced simulations: the data have no power along 1
-        self._null = None
-        if getattr(problem.config, "reference", "none") == "average":
-            from ..solver import NullSpace
-
-            self._null = NullSpace.average_reference(problem.n_sensors)
+        self._null = problem.config.null_space(problem.n_sensors)
         if self.tol is None:
             from ..pretrained import load_model
 
