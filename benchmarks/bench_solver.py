@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mne_unfolded_sbl.core.leadfield import average_reference, read_leadfield_npz
+
 TARGET_MS = 20.0  # 25 joint layers per evoked
 TARGET_T_RATIO = 2.0  # T=10,000 vs T=100
 TARGET_SPEEDUP = 10.0  # vs gamma_map at its default tolerance
@@ -76,19 +78,13 @@ def timeit(fn, repeats=7, warmup=1, device="cpu"):
     return statistics.median(times), times
 
 
-def _average_reference(gain):
-    gain = np.asarray(gain, np.float64)
-    return gain - gain.mean(axis=0, keepdims=True)
-
-
 def load_leadfield(path=None, n_channels=64, n_sources=1284, seed=0):
     """Average-referenced lead field from an ``.npz`` (numpy only) or random."""
     if path:
-        with np.load(path, allow_pickle=False) as npz:
-            gain = npz["gain"]
-        return _average_reference(gain), f"{path} ({gain.shape[0]}x{gain.shape[1]})"
+        L = read_leadfield_npz(path).L
+        return L, f"{path} ({L.shape[0]}x{L.shape[1]})"
     rng = np.random.default_rng(seed)
-    return (_average_reference(rng.standard_normal((n_channels, n_sources))),
+    return (average_reference(rng.standard_normal((n_channels, n_sources))),
             f"random Gaussian {n_channels}x{n_sources}")
 
 
@@ -143,17 +139,17 @@ def sbl_runner(L_t, learn_noise, *, kind="net", max_iter=25, tol=None,
                model="cb", output="kernel"):
     """A closure ``f(Y, nv) -> estimate`` running one SBL variant.
 
-    ``kind="cb"``: :func:`~mne_unfolded_sbl.solver.convex_bounding`
+    ``kind="cb"``: :func:`~mne_unfolded_sbl.core.solver.convex_bounding`
     (``max_iter`` iterations, or until the relative cost decrease < ``tol``);
-    ``kind="net"``: the 25-layer :class:`~mne_unfolded_sbl.network.UnfoldedSBL`
+    ``kind="net"``: the 25-layer :class:`~mne_unfolded_sbl.core.network.UnfoldedSBL`
     (``model="cb"`` untrained, or a registered learned model). The data are
     average-referenced: every variant gets the reference's null space.
     ``output="kernel"`` returns the posterior kernel ``K`` (N x M, what
     ``apply_unfolded_sbl`` puts in the SourceEstimate: flat in T);
     ``"mean"`` the dense posterior mean ``K Y`` (N x T).
     """
-    from mne_unfolded_sbl.network import UnfoldedSBL
-    from mne_unfolded_sbl.solver import (NullSpace, convex_bounding,
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.solver import (NullSpace, convex_bounding,
                                          covariance_statistic, posterior_kernel,
                                          posterior_mean)
 
@@ -174,7 +170,7 @@ def sbl_runner(L_t, learn_noise, *, kind="net", max_iter=25, tol=None,
     if model == "cb":
         net = UnfoldedSBL(25, "cb", learn_noise)
     else:
-        from mne_unfolded_sbl.pretrained import load_model
+        from mne_unfolded_sbl.core.weights import load_model
 
         net = load_model(model, learn_noise=learn_noise)
     net = net.to(device=L_t.device, dtype=L_t.dtype).eval()
@@ -233,13 +229,13 @@ def mne_problem(n_samples, seed=0):
     import mne
 
     from mne_unfolded_sbl.datasets import make_info, make_template_forward
-    from mne_unfolded_sbl.simulation import EEGSimulator, SimulationConfig
+    from mne_unfolded_sbl.core.simulator import EEGSimulator, SimulationConfig
 
     fwd = make_template_forward("train-64", "ico3", verbose="error")
     fwd_sim = make_template_forward("train-64", "ico3", (0.33, 0.0045, 0.27),
                                     verbose="error")
-    L = _average_reference(fwd["sol"]["data"])
-    L_sim = _average_reference(fwd_sim["sol"]["data"])
+    L = average_reference(fwd["sol"]["data"])
+    L_sim = average_reference(fwd_sim["sol"]["data"])
     pos = fwd["source_rr"]
     info = make_info("train-64", sfreq=100.0)
     info = mne.pick_info(info, [info["ch_names"].index(c)
@@ -290,7 +286,7 @@ def per_evoked(args, table):
                                   prepare_inverse_operator)
 
     from mne_unfolded_sbl import apply_unfolded_sbl
-    from mne_unfolded_sbl.pretrained import registry
+    from mne_unfolded_sbl.core.weights import registry
 
     Ts = (100, 10_000)
     n_conv = args.conv_samples

@@ -42,10 +42,12 @@ import mne
 import numpy as np
 
 from mne_unfolded_sbl.datasets import make_template_forward
-from mne_unfolded_sbl.metrics import f1_support, rmse
-from mne_unfolded_sbl.pretrained import registry
-from mne_unfolded_sbl.report import resolve_model, unfolded_sbl_trajectory
-from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
+from mne_unfolded_sbl.core.metrics import f1_support, rmse
+from mne_unfolded_sbl.core.weights import registry
+from mne_unfolded_sbl import unfolded_sbl_trajectory
+from mne_unfolded_sbl.core.weights import resolve_model
+from mne_unfolded_sbl.core.simulator import SimulationConfig
+from mne_unfolded_sbl.simulation import simulate_evoked
 from mne_unfolded_sbl.viz import plot_convergence, plot_corrections
 
 mne.set_log_level("warning")
@@ -55,7 +57,7 @@ WEIGHTS = os.environ.get("MNE_UNFOLDED_SBL_WEIGHTS")  # or a path
 # Which models are there?
 # -----------------------
 # The classical solver always; the learned ones if their weights are
-# registered (:func:`mne_unfolded_sbl.pretrained.registry`) or given.
+# registered (:func:`mne_unfolded_sbl.core.weights.registry`) or given.
 try:
     print("Registered pretrained weights:", sorted(registry()) or "none")
 except Exception as err:  # a broken installation should not stop the example
@@ -93,7 +95,7 @@ samples = [simulate_evoked(fwd_sim, SimulationConfig(), seed=100 + k)
 # %%
 # Run every model layer by layer
 # ------------------------------
-# :func:`~mne_unfolded_sbl.report.unfolded_sbl_trajectory` keeps the state
+# :func:`~mne_unfolded_sbl.unfolded_sbl_trajectory` keeps the state
 # after every layer: the posterior mean (for the metrics), the corrections
 # and the Type-II cost.
 results = {}

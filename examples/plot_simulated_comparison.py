@@ -37,7 +37,8 @@ import numpy as np
 from mne_unfolded_sbl.datasets import get_subjects_dir, make_template_forward
 from mne_unfolded_sbl.report import (compute_estimate, format_metrics_table,
                                      metrics_table, peak_sources)
-from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
+from mne_unfolded_sbl.core.simulator import SimulationConfig
+from mne_unfolded_sbl.simulation import simulate_evoked
 from mne_unfolded_sbl.viz import plot_source_estimate, plot_time_courses
 
 mne.set_log_level("warning")

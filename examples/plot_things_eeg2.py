@@ -44,7 +44,8 @@ import numpy as np
 
 from mne_unfolded_sbl import apply_unfolded_sbl, apply_unfolded_sbl_epochs
 from mne_unfolded_sbl.datasets import get_subjects_dir, make_template_forward
-from mne_unfolded_sbl.report import (expand_stc, peak_sources, resolve_model,
+from mne_unfolded_sbl.core.weights import resolve_model
+from mne_unfolded_sbl.report import (expand_stc, peak_sources,
                                      source_positions_mri)
 from mne_unfolded_sbl.things_eeg2 import (fetch_things_eeg2,
                                           make_things_eeg2_epochs,

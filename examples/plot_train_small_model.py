@@ -97,7 +97,7 @@ plt.show()
 # %%
 # The exported weights load like the pretrained ones and can be passed as
 # ``model=`` to :func:`mne_unfolded_sbl.apply_unfolded_sbl`:
-from mne_unfolded_sbl.pretrained import load_weights  # noqa: E402
+from mne_unfolded_sbl.core.weights import load_weights  # noqa: E402
 
 net = load_weights(out_dir / f"{config.name}.safetensors")
 print(net.model, net.n_layers, "layers")

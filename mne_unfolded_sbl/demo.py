@@ -141,7 +141,8 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
 
     from .datasets import get_subjects_dir, make_template_forward
     from .report import add_unfolded_sbl_to_report, format_metrics_table
-    from .simulation import SimulationConfig, simulate_evoked
+    from .core.simulator import SimulationConfig
+    from .simulation import simulate_evoked
 
     t_start = time.perf_counter()
     timings = {}

@@ -6,21 +6,22 @@ orientation and whitening follow :func:`mne.inverse_sparse.gamma_map`
 source variances absorb depth.
 """
 
+import mne
 import numpy as np
 import torch
-import mne
+from mne._fiff.proj import make_projector
+# MNE's own helpers, as used by mne.inverse_sparse.gamma_map
+from mne.inverse_sparse.mxne_inverse import _compute_residual, _prepare_gain
+from mne.minimum_norm.inverse import _check_reference
 from mne.utils import _validate_type, logger, verbose
 
 from ._checks import (check_data_finite, check_device, check_dtype,
                       check_forward, check_noise_cov, pick_channels)
-from .network import MODELS
-from .pretrained import load_model
+from .core._utils import DTYPES
+from .core.network import MODELS, model_label
+from .core.solver import NullSpace, covariance_statistic, prepare
+from .core.weights import load_model, resolve_model
 
-# MNE's own helpers, as used by mne.inverse_sparse.gamma_map
-from mne.inverse_sparse.mxne_inverse import _compute_residual  # noqa: E402
-from .solver import NullSpace
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Singular values of the whitener below this fraction of the largest are
 #: directions without data (reference, projectors, rank deficiency).
 _NULL_RTOL = 1e-6
@@ -86,9 +87,6 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
         Pass it as ``fwd`` (with ``noise_cov=None``) to
         :func:`apply_unfolded_sbl` or :func:`apply_unfolded_sbl_epochs`.
     """
-    from mne._fiff.proj import make_projector
-    from mne.inverse_sparse.mxne_inverse import _prepare_gain
-
     _validate_type(info, mne.Info, "info")
     fwd = check_forward(fwd)
     ch_names = pick_channels(info, fwd, noise_cov)
@@ -113,8 +111,6 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
 
 def _operator_for(inst, fwd, noise_cov, rank):
     """The operator to use for ``inst`` and the indices of its channels."""
-    from mne.minimum_norm.inverse import _check_reference
-
     if isinstance(fwd, UnfoldedSBLOperator):
         if noise_cov is not None or rank is not None:
             raise ValueError(
@@ -218,7 +214,7 @@ def _run(model, gain, Cy, nave, learn_noise, device, dtype, null_space,
     the network output.
     """
     dev = torch.device(device)
-    tdtype = _DTYPES[dtype]
+    tdtype = DTYPES[dtype]
     model = _ready(model, dev, tdtype)
     L = torch.as_tensor(gain, dtype=tdtype, device=dev)
     noise_var = None
@@ -412,3 +408,103 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
                 for lm in lam]
         return stcs, covs
     return stcs
+
+
+@verbose
+def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
+                            learn_noise=True, n_layers=None, rank=None,
+                            keep_deltas=False, return_sources=False,
+                            verbose=None):
+    """Run an unfolded model layer by layer and summarise each layer.
+
+    The public entry point to the per-layer behaviour of a model (what the
+    report's convergence figure shows), with the same channel picking and
+    whitening as :func:`apply_unfolded_sbl`. It runs in float64 on the CPU;
+    a network passed as ``model`` is not modified.
+
+    Parameters
+    ----------
+    evoked : instance of mne.Evoked
+        As in :func:`apply_unfolded_sbl`.
+    fwd : instance of mne.Forward | UnfoldedSBLOperator
+        As in :func:`apply_unfolded_sbl`.
+    noise_cov : instance of mne.Covariance | None
+        As in :func:`apply_unfolded_sbl`.
+    model : str | UnfoldedSBL | path-like
+        Model (falls back to ``"cb"`` without weights, see ``note``).
+    learn_noise : bool
+        Joint noise learning.
+    n_layers : int | None
+        Depth (``"cb"`` only).
+    rank : None | dict | str
+        Noise-covariance rank, as in MNE.
+    keep_deltas : bool
+        Keep the per-layer correction vectors (``delta_source``,
+        ``delta_noise``: lists of 1-D arrays, None where a layer has none).
+    return_sources : bool
+        Also return the posterior mean after every layer (``"X"``: list of
+        ``(n_sources, n_times)`` arrays in A·m, every source of ``fwd``).
+    %(verbose)s
+
+    Returns
+    -------
+    trajectory : dict
+        ``model`` (name actually run), ``note`` (fallback message or None),
+        ``cost`` (Type-II cost at the input of each layer, normalised
+        units), ``gamma_change`` (``||γ^k - γ^{k-1}|| / ||γ^{k-1}||``),
+        ``lam_change``, ``mean_abs_delta_source`` and
+        ``mean_abs_delta_noise`` (NaN for layers without corrections);
+        arrays of length ``n_layers``.
+    """
+    _validate_type(evoked, mne.Evoked, "evoked")
+    _validate_type(learn_noise, bool, "learn_noise")
+    net, name, note = resolve_model(model, learn_noise, n_layers)
+    net = _ready(net, torch.device("cpu"), torch.float64)
+    op, sel = _operator_for(evoked, fwd, noise_cov, rank)
+    null = op.null_space
+    L = torch.as_tensor(op.gain, dtype=torch.float64)
+    Y = torch.as_tensor((op.whitener @ evoked.data[sel])[None],
+                        dtype=torch.float64)
+    Cy = covariance_statistic(Y)
+    noise_var = None
+    if not learn_noise:
+        noise_var = torch.full((L.shape[0],), 1.0 / evoked.nave,
+                               dtype=torch.float64)
+    with torch.no_grad():
+        out = net(L, Cy, noise_var, return_trajectory=True, null_space=null)
+        g_prev = prepare(L, Cy, noise_var, net.noise_init, null).state
+        gamma_prev, lam_prev = g_prev.gamma[0], g_prev.lam[0]
+        res = {k: [] for k in ("cost", "gamma_change", "lam_change",
+                               "mean_abs_delta_source", "mean_abs_delta_noise")}
+        d_src, d_noise, Xs = [], [], []
+        for k, step in enumerate(out.trajectory):
+            g, lm = step["gamma"][0], step["lam"][0]
+            res["cost"].append(float(step["cost"][0]))
+            res["gamma_change"].append(float(
+                torch.linalg.norm(g - gamma_prev)
+                / torch.linalg.norm(gamma_prev).clamp_min(1e-300)))
+            res["lam_change"].append(float(
+                torch.linalg.norm(lm - lam_prev)
+                / torch.linalg.norm(lam_prev).clamp_min(1e-300)))
+            for key, dkey, store in (("mean_abs_delta_source", "delta_source", d_src),
+                                     ("mean_abs_delta_noise", "delta_noise", d_noise)):
+                d = step[dkey]
+                if d is None:
+                    res[key].append(np.nan)
+                    store.append(None)
+                else:
+                    d = d[0].detach().to(torch.float64).cpu().numpy()
+                    res[key].append(float(np.mean(np.abs(d))))
+                    store.append(d)
+            if return_sources:
+                Xs.append(out.posterior_mean(Y, layer=k)[0].cpu().numpy())
+            gamma_prev, lam_prev = g, lm
+    traj = {k: np.asarray(v, float) for k, v in res.items()}
+    traj.update(model=name, note=note, learn_noise=learn_noise,
+                label=model_label(name, learn_noise))
+    if keep_deltas:
+        traj["delta_source"] = d_src if any(d is not None for d in d_src) else None
+        traj["delta_noise"] = d_noise if any(d is not None for d in d_noise) else None
+    if return_sources:
+        traj["X"] = Xs
+    return traj

@@ -17,9 +17,10 @@ noise (topomap and the noisiest channels), and the per-layer convergence of
 the unfolded solver (Type-II cost, change of the source variances, and for
 learned models the mean magnitude of the corrections).
 
-Smaller helpers are public too: :func:`resolve_model`,
-:func:`compute_estimate`, :func:`unfolded_sbl_trajectory`,
-:func:`peak_sources`, :func:`peak_table_html`, :func:`metrics_table`.
+Smaller helpers are public too: :func:`compute_estimate`,
+:func:`peak_sources`, :func:`peak_table_html`, :func:`metrics_table`. The
+per-layer results come from the public
+:func:`mne_unfolded_sbl.unfolded_sbl_trajectory`.
 """
 
 # License: BSD-3-Clause
@@ -31,13 +32,17 @@ import time as _time
 from pathlib import Path
 
 import numpy as np
+import mne
+from mne.io.constants import FIFF
 from mne.utils import _validate_type, logger, verbose, warn
 
+from .core.metrics import evaluate, local_maxima, source_neighbors
+from .core.network import MODEL_LABELS, model_label
+from .core.weights import resolve_model
+from .inverse import apply_unfolded_sbl, unfolded_sbl_trajectory
+
 __all__ = [
-    "MODEL_LABELS",
-    "resolve_model",
     "compute_estimate",
-    "unfolded_sbl_trajectory",
     "source_positions_mri",
     "expand_stc",
     "peak_sources",
@@ -47,67 +52,14 @@ __all__ = [
     "add_unfolded_sbl_to_report",
 ]
 
-#: Display names of the unfolded models.
-MODEL_LABELS = {
-    "cb": "Convex bounding",
-    "bias-cb": "Bias CB",
-    "deep-cb": "Deep CB",
-    "deep-attn-cb": "Deep Attn CB",
-}
 #: Linear (minimum-norm family) comparison methods, MNE's names.
 _MNE_METHODS = {"sloreta": "sLORETA", "dspm": "dSPM", "mne": "MNE",
                 "eloreta": "eLORETA"}
 _SPARSE_METHODS = {"gamma-map": "MNE gamma_map"}
 
 
-def _model_label(model, learn_noise):
-    name = MODEL_LABELS.get(model, str(model))
-    return f"{name} ({'γ,λ' if learn_noise else 'γ'})"
-
-
-def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
-    """Load a model, falling back to classical convex bounding if needed.
-
-    Parameters
-    ----------
-    model : str | UnfoldedSBL | path-like
-        As in :func:`mne_unfolded_sbl.apply_unfolded_sbl`.
-    learn_noise : bool
-        Joint (γ, λ) or source-only model.
-    n_layers : int | None
-        Depth (only the classical ``"cb"`` accepts any value).
-
-    Returns
-    -------
-    net : UnfoldedSBL
-        The network to run.
-    name : str
-        ``model`` if it was loaded, ``"cb"`` after a fallback.
-    note : str | None
-        Why the fallback happened (None if there was none).
-    """
-    from .pretrained import load_model
-
-    try:
-        net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
-        return net, (model if isinstance(model, str) and model in MODEL_LABELS
-                     else net.model), None
-    except (ValueError, TypeError, OSError, ImportError) as err:
-        if isinstance(model, str) and model == "cb":
-            raise
-        note = (f"Pretrained weights for {model!r} "
-                f"(learn_noise={learn_noise}) are not available ({err}). "
-                "Falling back to the classical convex-bounding solver "
-                "(model='cb', 25 iterations): the estimate shown as "
-                f"'{MODEL_LABELS.get(str(model), model)}' is NOT a learned model.")
-        warn(note)
-        return load_model("cb", learn_noise=learn_noise, n_layers=None), "cb", note
-
-
 def expand_stc(stc, fwd):
     """Return ``stc`` on every source of ``fwd`` (missing sources are zero)."""
-    import mne
-
     vertices = [s["vertno"] for s in fwd["src"]]
     if all(np.array_equal(a, b) for a, b in zip(stc.vertices, vertices)):
         return stc
@@ -130,9 +82,6 @@ def source_positions_mri(fwd):
 
     For fsaverage these are MNI305 coordinates.
     """
-    import mne
-    from mne.io.constants import FIFF
-
     rr = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
     if fwd["src"][0]["coord_frame"] == FIFF.FIFFV_COORD_HEAD:
         head_mri = mne.transforms.invert_transform(fwd["mri_head_t"])
@@ -179,10 +128,6 @@ def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
         ``noise_cov`` (learned, unfolded joint models only), ``unit``
         (``"A·m"`` or ``"a.u."``).
     """
-    import mne
-
-    from .inverse import apply_unfolded_sbl
-
     key = method.lower() if isinstance(method, str) else method
     res = dict(note=None, noise_cov=None, unit="A·m")
     t0 = _time.perf_counter()
@@ -212,113 +157,17 @@ def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
                                  learn_noise=learn_noise,
                                  return_noise_cov=learn_noise, verbose=False)
         stc, cov = (out if learn_noise else (out, None))
-        label = _model_label(name, learn_noise)
+        label = model_label(name, learn_noise)
         if not (isinstance(method, str) and method in MODEL_LABELS):
             src = (Path(method).name if isinstance(method, (str, Path))
                    else "custom network")
             label += f" [{src}, {net.n_layers} layers]"
         if note is not None:
-            label = (f"{_model_label('cb', learn_noise)} "
+            label = (f"{model_label('cb', learn_noise)} "
                      f"[fallback for {MODEL_LABELS.get(str(method), method)}]")
         res.update(stc=stc, label=label, name=name, note=note, noise_cov=cov)
     res["seconds"] = _time.perf_counter() - t0
     return res
-
-
-@verbose
-def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
-                            learn_noise=True, n_layers=None, rank=None,
-                            keep_deltas=False, return_sources=False,
-                            verbose=None):
-    """Run an unfolded model layer by layer and summarise each layer.
-
-    Uses the same channel picking and whitening as
-    :func:`mne_unfolded_sbl.apply_unfolded_sbl`.
-
-    Parameters
-    ----------
-    evoked, fwd, noise_cov
-        As in :func:`~mne_unfolded_sbl.apply_unfolded_sbl`.
-    model : str | UnfoldedSBL | path-like
-        Model (falls back to ``"cb"`` without weights, see ``note``).
-    learn_noise : bool
-        Joint noise learning.
-    n_layers : int | None
-        Depth (``"cb"`` only).
-    rank : None | dict | str
-        Noise-covariance rank, as in MNE.
-    keep_deltas : bool
-        Keep the per-layer correction vectors (``delta_source``,
-        ``delta_noise``: lists of 1-D arrays, None where a layer has none).
-    return_sources : bool
-        Also return the posterior mean after every layer (``"X"``: list of
-        ``(n_sources, n_times)`` arrays in A·m, every source of ``fwd``).
-    %(verbose)s
-
-    Returns
-    -------
-    trajectory : dict
-        ``model`` (name actually run), ``note`` (fallback message or None),
-        ``cost`` (Type-II cost at the input of each layer, normalised
-        units), ``gamma_change`` (``||γ^k - γ^{k-1}|| / ||γ^{k-1}||``),
-        ``lam_change``, ``mean_abs_delta_source`` and
-        ``mean_abs_delta_noise`` (NaN for layers without corrections);
-        arrays of length ``n_layers``.
-    """
-    import torch
-
-    from .inverse import _prepare
-    from .solver import covariance_statistic, prepare
-
-    net, name, note = resolve_model(model, learn_noise, n_layers)
-    net = net.to(torch.float64).eval()
-    fwd_fixed, gain, _, whitener, sel, null = _prepare(evoked, fwd, noise_cov,
-                                                       rank)
-    L = torch.as_tensor(gain, dtype=torch.float64)
-    Y = torch.as_tensor((whitener @ evoked.data[sel])[None], dtype=torch.float64)
-    Cy = covariance_statistic(Y)
-    noise_var = None
-    if not learn_noise:
-        noise_var = torch.full((L.shape[0],), 1.0 / evoked.nave,
-                               dtype=torch.float64)
-    with torch.no_grad():
-        out = net(L, Cy, noise_var, return_trajectory=True, null_space=null)
-        g_prev = prepare(L, Cy, noise_var, net.noise_init, null).state
-        gamma_prev, lam_prev = g_prev.gamma[0], g_prev.lam[0]
-        res = {k: [] for k in ("cost", "gamma_change", "lam_change",
-                               "mean_abs_delta_source", "mean_abs_delta_noise")}
-        d_src, d_noise, Xs = [], [], []
-        for k, step in enumerate(out.trajectory):
-            g, lm = step["gamma"][0], step["lam"][0]
-            res["cost"].append(float(step["cost"][0]))
-            res["gamma_change"].append(float(
-                torch.linalg.norm(g - gamma_prev)
-                / torch.linalg.norm(gamma_prev).clamp_min(1e-300)))
-            res["lam_change"].append(float(
-                torch.linalg.norm(lm - lam_prev)
-                / torch.linalg.norm(lam_prev).clamp_min(1e-300)))
-            for key, dkey, store in (("mean_abs_delta_source", "delta_source", d_src),
-                                     ("mean_abs_delta_noise", "delta_noise", d_noise)):
-                d = step[dkey]
-                if d is None:
-                    res[key].append(np.nan)
-                    store.append(None)
-                else:
-                    d = d[0].detach().to(torch.float64).cpu().numpy()
-                    res[key].append(float(np.mean(np.abs(d))))
-                    store.append(d)
-            if return_sources:
-                Xs.append(out.posterior_mean(Y, layer=k)[0].cpu().numpy())
-            gamma_prev, lam_prev = g, lm
-    traj = {k: np.asarray(v, float) for k, v in res.items()}
-    traj.update(model=name, note=note, learn_noise=learn_noise,
-                label=_model_label(name, learn_noise))
-    if keep_deltas:
-        traj["delta_source"] = d_src if any(d is not None for d in d_src) else None
-        traj["delta_noise"] = d_noise if any(d is not None for d in d_noise) else None
-    if return_sources:
-        traj["X"] = Xs
-    return traj
 
 
 def peak_sources(stc, fwd, *, n=5, threshold=0.1):
@@ -343,8 +192,6 @@ def peak_sources(stc, fwd, *, n=5, threshold=0.1):
         coordinates in mm), ``amplitude`` (peak ``|x|`` over time, the
         estimate's units), ``latency`` (s, time of that peak).
     """
-    from .metrics import local_maxima, source_neighbors
-
     stc = expand_stc(stc, fwd)
     amp_t = np.abs(stc.data)
     amp = amp_t.max(1)
@@ -402,8 +249,6 @@ def metrics_table(stc_true, results, fwd):
     rows : list of dict
         ``label``, ``rmse``, ``le_mm``, ``emd_mm``, ``f1``, ``seconds``.
     """
-    from .metrics import evaluate
-
     pos = source_positions_mri(fwd)
     x_true = expand_stc(stc_true, fwd).data
     rows = []
@@ -546,8 +391,6 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
         ``backend`` (brain renderer used), ``time``.
     """
     import matplotlib.pyplot as plt
-    import mne
-
     from .viz import (plot_convergence, plot_noise_topomap,
                       plot_noisiest_channels, plot_time_courses)
 
@@ -665,7 +508,7 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
             evoked, fwd, noise_cov, model if note is None else "cb",
             learn_noise=learn_noise, verbose=False)
         if used != "cb":
-            trajectories[_model_label("cb", learn_noise)] = unfolded_sbl_trajectory(
+            trajectories[model_label("cb", learn_noise)] = unfolded_sbl_trajectory(
                 evoked, fwd, noise_cov, "cb", learn_noise=learn_noise,
                 verbose=False)
         fig = plot_convergence(trajectories)

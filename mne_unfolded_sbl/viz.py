@@ -860,7 +860,7 @@ def plot_convergence(trajectories, *, title="Convergence per layer"):
     Parameters
     ----------
     trajectories : dict of str -> dict
-        Output of :func:`mne_unfolded_sbl.report.unfolded_sbl_trajectory`
+        Output of :func:`mne_unfolded_sbl.unfolded_sbl_trajectory`
         per model name.
     title : str
         Figure title.
@@ -913,7 +913,7 @@ def plot_corrections(trajectory, *, title=None, percentiles=(5, 25, 75, 95)):
     Parameters
     ----------
     trajectory : dict
-        Output of :func:`mne_unfolded_sbl.report.unfolded_sbl_trajectory`
+        Output of :func:`mne_unfolded_sbl.unfolded_sbl_trajectory`
         (needs ``keep_deltas=True``).
     title : str | None
         Figure title.

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import mne
 
-from mne_unfolded_sbl import pretrained
-from mne_unfolded_sbl.network import UnfoldedSBL
+from mne_unfolded_sbl.core import weights as pretrained
+from mne_unfolded_sbl.core.network import UnfoldedSBL
+from mne_unfolded_sbl import unfolded_sbl_trajectory
+from mne_unfolded_sbl.core.weights import resolve_model
 from mne_unfolded_sbl.report import (add_unfolded_sbl_to_report, expand_stc,
-                                     peak_sources, resolve_model,
-                                     source_positions_mri,
-                                     unfolded_sbl_trajectory)
-from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
+                                     peak_sources, source_positions_mri)
+from mne_unfolded_sbl.core.simulator import SimulationConfig
+from mne_unfolded_sbl.simulation import simulate_evoked
 from mne_unfolded_sbl.viz import (_panels, available_3d_backend,
                                   plot_source_estimate)
 

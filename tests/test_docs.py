@@ -22,6 +22,8 @@ SECTION_RE = re.compile(r"^\.\.\s+api-section::\s*([A-Za-z0-9_.]+)\s*$")
 NOT_DOCUMENTED = {
     "mne_unfolded_sbl.cli",  # command-line dispatcher (documented as CLI)
     "mne_unfolded_sbl.inverse",  # re-exported by mne_unfolded_sbl itself
+    "mne_unfolded_sbl.core",  # documented module by module
+    "mne_unfolded_sbl.pretrained_weights",  # data package of the weights
 }
 
 
@@ -96,11 +98,13 @@ def test_every_public_object_is_documented(module_name):
 
 def test_every_public_module_has_a_section():
     found = []
-    for info in pkgutil.iter_modules(mne_unfolded_sbl.__path__,
-                                     prefix="mne_unfolded_sbl."):
-        short = info.name.rsplit(".", 1)[-1]
-        if short.startswith("_") or info.name in NOT_DOCUMENTED:
+    for info in pkgutil.walk_packages(mne_unfolded_sbl.__path__,
+                                      prefix="mne_unfolded_sbl."):
+        parts = info.name.split(".")
+        if any(p.startswith("_") for p in parts) or info.name in NOT_DOCUMENTED:
             continue
+        if any(".".join(parts[:i]) in SECTIONS for i in range(2, len(parts))):
+            continue  # inside a package documented as a whole (its __all__)
         found.append(info.name)
     missing = sorted(set(found) - set(SECTIONS))
     assert not missing, f"modules without a section in doc/api.rst: {missing}"

@@ -9,8 +9,9 @@ from mne.inverse_sparse import gamma_map
 from mne_unfolded_sbl import (UnfoldedSBLOperator, apply_unfolded_sbl,
                               apply_unfolded_sbl_epochs,
                               make_unfolded_sbl_operator)
-from mne_unfolded_sbl.network import UnfoldedSBL
-from mne_unfolded_sbl.simulation import SimulationConfig, simulate_evoked
+from mne_unfolded_sbl.core.network import UnfoldedSBL
+from mne_unfolded_sbl.core.simulator import SimulationConfig
+from mne_unfolded_sbl.simulation import simulate_evoked
 
 EASY = SimulationConfig(n_sources=(2, 2), spread=0.0, snr_db=(25.0, 25.0),
                         n_times=100)
@@ -126,7 +127,7 @@ def test_reference_subspace_and_lazy_kernel(train_fwd):
     every channel however long it runs; the stc holds the posterior kernel
     (T-independent) and equals the explicit posterior mean."""
     from mne_unfolded_sbl.inverse import _prepare
-    from mne_unfolded_sbl.solver import covariance_statistic
+    from mne_unfolded_sbl.core.solver import covariance_statistic
 
     cfg = SimulationConfig(n_sources=(3, 3), spread=0.0, snr_db=(10.0, 10.0))
     evoked, _, cov = simulate_evoked(train_fwd, cfg, seed=2, verbose=False)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mne_unfolded_sbl.pretrained import load_model, registry
-from mne_unfolded_sbl.solver import NullSpace, covariance_statistic
+from mne_unfolded_sbl.core.weights import load_model, registry
+from mne_unfolded_sbl.core.solver import NullSpace, covariance_statistic
 
 FNAME = Path(__file__).parents[1] / "tests" / "data" / "deep-cb_joint_reference.npz"
 

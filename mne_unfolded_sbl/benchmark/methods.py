@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core._utils import DTYPES
 from .settings import SOURCE_SCALE
 
 #: Regularisation of MNE's linear inverses, ``lambda2 = 1 / SNR**2`` with
@@ -42,7 +43,6 @@ CB_MAX_ITER = 1000
 #: Fixed depth of the classical solver and the networks.
 N_LAYERS = 25
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -147,7 +147,7 @@ class SBLMethod(Method):
     ----------
     model : str | path-like
         ``"cb"`` or a learned model name / weights file (see
-        :func:`mne_unfolded_sbl.pretrained.load_model`).
+        :func:`mne_unfolded_sbl.core.weights.load_model`).
     learn_noise : bool
         Joint ``(gamma, lambda)`` or source-only with the true noise.
     n_layers : int
@@ -189,12 +189,12 @@ class SBLMethod(Method):
     def prepare(self, problem):
         t0 = time.perf_counter()
         super().prepare(problem)
-        self._dtype = _DTYPES[self.dtype]
+        self._dtype = DTYPES[self.dtype]
         self._L = torch.as_tensor(problem.L, dtype=self._dtype)
         # average-referenced simulations: the data have no power along 1
         self._null = problem.config.null_space(problem.n_sensors)
         if self.tol is None:
-            from ..pretrained import load_model
+            from ..core.weights import load_model
 
             n_layers = self.n_layers if self.model == "cb" else None
             self.net = load_model(self.model, learn_noise=self.learn_noise,
@@ -222,7 +222,7 @@ class SBLMethod(Method):
     @torch.inference_mode()
     def run(self, Y, noise_var, return_trajectory=False):
         """Run on torch inputs; return ``(X, n_iter, out)``."""
-        from ..solver import convex_bounding, covariance_statistic, posterior_mean
+        from ..core.solver import convex_bounding, covariance_statistic, posterior_mean
 
         Cy = covariance_statistic(Y)
         if self.tol is not None:
@@ -485,7 +485,7 @@ def mne_methods(mxne_alpha=MXNE_ALPHA):
 
 def learned_method_keys():
     """Keys of every learned model whose weights are registered."""
-    from ..pretrained import registry
+    from ..core.weights import registry
 
     keys = []
     for name in sorted(registry()):
@@ -498,7 +498,7 @@ def learned_method_keys():
 def learned_method(key, dtype="float32"):
     """A learned network from a method key (``deep-cb-joint``) or weights file."""
     if str(key).endswith(".safetensors"):
-        from ..pretrained import load_weights
+        from ..core.weights import load_weights
 
         net = load_weights(key)
         name = _MODEL_LABELS.get(net.model, net.model)
@@ -509,7 +509,7 @@ def learned_method(key, dtype="float32"):
     if model not in _MODEL_LABELS or mode not in ("joint", "source"):
         raise ValueError(f"Not a learned-model key: {key!r}")
     learn_noise = mode == "joint"
-    from ..pretrained import registry, registry_key
+    from ..core.weights import registry, registry_key
 
     if registry_key(model, learn_noise) not in registry():
         raise ValueError(

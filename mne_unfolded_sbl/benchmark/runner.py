@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..core.metrics import evaluate
+from ..core.simulator import EEGSimulator, derive_seed
 from .methods import Batch, IncompatibleMethod, resolve_methods
 from .settings import Problem, get_setting, load_problem
 
@@ -31,7 +34,7 @@ def sample_seed(seed, index):
     batch size and ``n_samples`` (a 200-sample run is the start of the
     1000-sample run with the same seed).
     """
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+    return derive_seed(seed, index, bits=32)
 
 
 def simulate_batches(problem, n_samples, seed=0, batch_size=None):
@@ -39,8 +42,6 @@ def simulate_batches(problem, n_samples, seed=0, batch_size=None):
 
     Data come from ``problem.L_sim`` (perturbed conductivities) in float64.
     """
-    from ..simulation import EEGSimulator
-
     sim = EEGSimulator(problem.L_sim, problem.pos, problem.config,
                        dtype=torch.float64, seed=0)
     bs = int(batch_size or problem.setting.batch_size)
@@ -56,7 +57,6 @@ def simulate_batches(problem, n_samples, seed=0, batch_size=None):
 
 
 def _evaluate(problem, X_true, X_est, metric_kw):
-    from ..metrics import evaluate
 
     return evaluate(X_true, X_est, problem.pos, neighbors=problem.neighbors,
                     verbose=False, **metric_kw)
@@ -267,7 +267,7 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     bem_ico, config
         Override the setting's BEM resolution or simulation config.
     metric_kw : dict | None
-        Passed to :func:`mne_unfolded_sbl.metrics.evaluate` (thresholds).
+        Passed to :func:`mne_unfolded_sbl.core.metrics.evaluate` (thresholds).
     extra : dict | None
         Constant columns added to every record (e.g. a sweep value).
 
@@ -275,7 +275,7 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     -------
     result : BenchmarkResult
     """
-    from tqdm.auto import tqdm
+
 
     problem = as_problem(setting, bem_ico, config)
     if methods is None or isinstance(methods, str) or (

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..simulation import SimulationConfig
+from ..core.leadfield import (DEFAULT_CONDUCTIVITY, PERTURBED_CONDUCTIVITY,
+                              average_reference)
+from ..core.simulator import SimulationConfig
 
 #: Conductivities (S/m) the solvers assume.
-INVERSE_CONDUCTIVITY = (0.3, 0.006, 0.3)
+INVERSE_CONDUCTIVITY = DEFAULT_CONDUCTIVITY
 #: Conductivities (S/m) the data are simulated with (no inverse crime).
-SIMULATION_CONDUCTIVITY = (0.33, 0.0045, 0.27)
+SIMULATION_CONDUCTIVITY = PERTURBED_CONDUCTIVITY
 #: Scale (A·m) applied to the unit-free simulated sources before they are
 #: handed to MNE's solvers (as :func:`~mne_unfolded_sbl.simulation.simulate_evoked`
 #: does): the MNE methods see data in volts; estimates in A·m are divided
@@ -64,7 +66,7 @@ class Setting:
     config_overrides: dict = field(default_factory=dict)
 
     def simulation_config(self, **overrides):
-        """This setting's :class:`~mne_unfolded_sbl.simulation.SimulationConfig`."""
+        """This setting's :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`."""
         kw = dict(n_times=self.n_times, sfreq=100.0)
         kw.update(self.config_overrides)
         kw.update(overrides)
@@ -109,38 +111,6 @@ def get_setting(setting):
     return SETTINGS[setting]
 
 
-def _average_reference(gain):
-    """Subtract the channel mean of every gain column (average reference)."""
-    gain = np.asarray(gain, dtype=np.float64)
-    return gain - gain.mean(axis=0, keepdims=True)
-
-
-def leadfield_from_forward(fwd):
-    """Average-referenced lead field, source positions and channel names.
-
-    Uses :func:`mne_unfolded_sbl.datasets.prepare_leadfield` when the
-    package provides it, else subtracts the channel mean of every gain
-    column of the fixed-orientation forward.
-
-    Returns
-    -------
-    L : ndarray, shape (n_channels, n_sources)
-    pos : ndarray, shape (n_sources, 3)
-        Source positions in metres.
-    ch_names : list of str
-    """
-    try:
-        from ..datasets import prepare_leadfield
-    except ImportError:
-        prepare_leadfield = None
-    if prepare_leadfield is not None:
-        L, pos, ch_names = prepare_leadfield(fwd)
-        return np.asarray(L, np.float64), np.asarray(pos, np.float64), list(ch_names)
-    return (_average_reference(fwd["sol"]["data"]),
-            np.asarray(fwd["source_rr"], np.float64),
-            list(fwd["sol"]["row_names"]))
-
-
 @dataclass
 class Problem:
     """Everything a benchmark run needs for one setting.
@@ -174,7 +144,7 @@ class Problem:
     def neighbors(self):
         """Source neighbourhood of the LE metric (built once)."""
         if self._neighbors is None:
-            from ..metrics import source_neighbors
+            from ..core.metrics import source_neighbors
 
             self._neighbors = source_neighbors(self.pos)
         return self._neighbors
@@ -233,13 +203,14 @@ def problem_from_forward(fwd, fwd_sim=None, *, info=None, setting=None,
     """
     import mne
 
-    from ..simulation import _prepare_forward
+    from ..datasets import fixed_eeg_forward, leadfield_from_forward
 
     with mne.utils.use_log_level("error"):
-        fwd = _prepare_forward(fwd)
-        fwd_sim = fwd if fwd_sim is None else _prepare_forward(fwd_sim)
-    (L, pos, ch_names), (L_sim, pos_sim, ch_sim) = (
-        leadfield_from_forward(f) for f in (fwd, fwd_sim))
+        fwd = fixed_eeg_forward(fwd)
+        fwd_sim = fwd if fwd_sim is None else fixed_eeg_forward(fwd_sim)
+    lf, lf_sim = (leadfield_from_forward(f) for f in (fwd, fwd_sim))
+    L, pos, ch_names = lf.L, lf.pos, lf.ch_names
+    L_sim, pos_sim, ch_sim = lf_sim.L, lf_sim.pos, lf_sim.ch_names
     if ch_names != ch_sim or L.shape != L_sim.shape or not np.allclose(pos, pos_sim):
         raise ValueError("The simulation and inverse forward models have "
                          "different channels or sources.")
@@ -284,8 +255,8 @@ def synthetic_problem(n_sensors=32, n_sources=200, n_times=50, *, seed=0,
     half = n_sources // 2
     pos = np.concatenate([sphere(half, (-0.035, 0, 0.02)),
                           sphere(n_sources - half, (0.035, 0, 0.02))])
-    L = _average_reference(rng.standard_normal((n_sensors, n_sources)))
-    L_sim = _average_reference(
+    L = average_reference(rng.standard_normal((n_sensors, n_sources)))
+    L_sim = average_reference(
         L * (1 + mismatch * rng.standard_normal(L.shape)))
     setting = Setting("synthetic", "Synthetic", "none", "none", n_times,
                       batch_size=32, description="random Gaussian lead field")

@@ -4,8 +4,8 @@ See ``doc/head_model.rst`` for how the embedded template is built.
 """
 
 from ._forward import SPACINGS, electrode_scalp_distances, make_template_forward
-from ._leadfield import (average_reference_gain, load_leadfield_npz,
-                         prepare_leadfield, save_leadfield_npz)
+from ._leadfield import (fixed_eeg_forward, leadfield_from_forward,
+                         save_leadfield_npz)
 from ._montage import (
     THINGS_EEG2_CH_NAMES,
     TRAIN_CH_NAMES,
@@ -20,14 +20,13 @@ __all__ = [
     "THINGS_EEG2_CH_NAMES",
     "TRAIN_CH_NAMES",
     "TRAIN_MONTAGE",
-    "average_reference_gain",
     "cache_dir",
     "electrode_scalp_distances",
+    "fixed_eeg_forward",
     "get_subjects_dir",
-    "load_leadfield_npz",
     "make_info",
     "make_montage",
     "make_template_forward",
-    "prepare_leadfield",
+    "leadfield_from_forward",
     "save_leadfield_npz",
 ]

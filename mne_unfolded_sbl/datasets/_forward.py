@@ -2,8 +2,6 @@
 
 import hashlib
 import json
-import os
-import secrets
 from pathlib import Path
 
 import mne
@@ -11,13 +9,14 @@ import numpy as np
 from mne.io.constants import FIFF
 from mne.utils import _check_option, _validate_type, logger, verbose, warn
 
+from ..core.leadfield import DEFAULT_CONDUCTIVITY
+from ._cache import atomic_write, cache_dir, check_writable, read_cached
 from ._montage import make_info
-from ._subject import SUBJECT, _data_hash, cache_dir, resolve_source
+from ._subject import SUBJECT, _data_hash, resolve_source
 
 #: Number of sources of the supported surface source spaces (both hemispheres).
 SPACINGS = {"ico3": 1284, "ico4": 5124}
 BEM_ICOS = (3, 4)
-DEFAULT_CONDUCTIVITY = (0.3, 0.006, 0.3)
 #: Median electrode-to-scalp distance (mm) above which a warning is emitted.
 MAX_SCALP_DISTANCE = 10.0
 
@@ -40,17 +39,6 @@ def _check_conductivity(conductivity):
     return tuple(float(c) for c in cond)
 
 
-def _atomic_write(fname, write, suffix):
-    """Write via ``write(tmp_fname)`` then rename, safe for parallel callers."""
-    fname.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fname.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, fname)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _source_key(kind, subjects_dir):
     if kind == "embedded":
         return f"embedded-{_data_hash()}"
@@ -62,19 +50,39 @@ def _trans(subjects_dir):
     return fname if fname.is_file() else "fsaverage"  # MNE's built-in copy
 
 
-def _bem_solution(subjects_dir, source_key, bem_ico, conductivity, cache):
+def _bem_fname(source_key, bem_ico, conductivity):
     cond = "-".join(f"{c:g}" for c in conductivity)
-    fname = cache_dir() / "bem" / f"{source_key}-ico{bem_ico}-{cond}-bem-sol.fif"
-    if cache and fname.is_file():
-        logger.info(f"Using cached BEM solution {fname}")
-        return mne.read_bem_solution(fname, verbose=False)
+    return cache_dir() / "bem" / f"{source_key}-ico{bem_ico}-{cond}-bem-sol.fif"
+
+
+def _check_bem(bem, bem_ico):
+    n_vert = 10 * 4**bem_ico + 2
+    if [s["np"] for s in bem["surfs"]] != [n_vert] * 3:
+        return f"not a 3-layer ico{bem_ico} BEM"
+    if bem.get("solution") is None or not np.isfinite(bem["solution"]).all():
+        return "no valid BEM solution matrix"
+    return None
+
+
+def _bem_solution(subjects_dir, source_key, bem_ico, conductivity, cache):
+    fname = _bem_fname(source_key, bem_ico, conductivity)
+    if cache:
+        bem = read_cached(
+            fname,
+            lambda f: mne.read_bem_solution(f, verbose=False),
+            "BEM solution",
+            lambda bem: _check_bem(bem, bem_ico),
+        )
+        if bem is not None:
+            return bem
+    cond = "-".join(f"{c:g}" for c in conductivity)
     logger.info(f"Computing the ico{bem_ico} 3-layer BEM solution ({cond} S/m)")
     model = mne.make_bem_model(
         SUBJECT, ico=bem_ico, conductivity=conductivity, subjects_dir=subjects_dir
     )
     bem = mne.make_bem_solution(model)
     if cache:
-        _atomic_write(
+        atomic_write(
             fname, lambda f: mne.write_bem_solution(f, bem, verbose=False), "-sol.fif"
         )
     return bem
@@ -122,6 +130,22 @@ def _forward_key(info, spacing, conductivity, bem_ico, source_key):
         mne=mne.__version__.split(".dev")[0],
     )
     return hashlib.sha1(json.dumps(desc).encode()).hexdigest()[:16]
+
+
+def _read_forward(fname):
+    return mne.read_forward_solution(fname, verbose=False)
+
+
+def _check_forward(fwd, info, spacing):
+    """Return None if a cached forward matches the request, else why not."""
+    picks = mne.pick_types(info, meg=False, eeg=True, exclude=())
+    if fwd["sol"]["row_names"] != [info["ch_names"][p] for p in picks]:
+        return "unexpected channels"
+    if not 0 < fwd["nsource"] <= SPACINGS[spacing]:
+        return f"{fwd['nsource']} sources"
+    if not np.isfinite(fwd["sol"]["data"]).all():
+        return "non-finite gain"
+    return None
 
 
 def _compute_forward(info, spacing, subjects_dir, bem):
@@ -209,20 +233,26 @@ def make_template_forward(
     source_key = _source_key(kind, subjects_dir)
     key = _forward_key(info, spacing, conductivity, bem_ico, source_key)
     fname = cache_dir() / "fwd" / f"{SUBJECT}-{spacing}-{key}-fwd.fif"
-    if cache and fname.is_file():
-        logger.info(f"Using cached forward solution {fname}")
-        fwd = mne.read_forward_solution(fname, verbose=False)
-    else:
+    fwd = None
+    if cache:  # a corrupted file is deleted (with a warning) and recomputed
+        fwd = read_cached(
+            fname, _read_forward, "forward solution",
+            lambda fwd: _check_forward(fwd, info, spacing),
+        )
+    if fwd is None:
         logger.info(f"Using the {kind} fsaverage in {subjects_dir}")
+        if cache:  # fail now rather than after computing the BEM and forward
+            check_writable(fname.parent)
+            check_writable(_bem_fname(source_key, bem_ico, conductivity).parent)
         bem = _bem_solution(subjects_dir, source_key, bem_ico, conductivity, cache)
         fwd = _compute_forward(info, spacing, subjects_dir, bem)
         if cache:  # read back so that every call returns the same (float32) data
-            _atomic_write(
+            atomic_write(
                 fname,
                 lambda f: mne.write_forward_solution(f, fwd, verbose=False),
                 "-fwd.fif",
             )
-            fwd = mne.read_forward_solution(fname, verbose=False)
+            fwd = _read_forward(fname)
     return mne.convert_forward_solution(
         fwd, surf_ori=True, force_fixed=True, use_cps=True, verbose=False
     )

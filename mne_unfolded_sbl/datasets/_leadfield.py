@@ -1,10 +1,40 @@
-"""Plain-numpy lead-field files, readable without MNE (e.g. on a GPU box)."""
+"""Lead fields from MNE forward solutions (see :mod:`..core.leadfield`)."""
 
-from pathlib import Path
-
+import mne
 import numpy as np
+from mne.utils import _validate_type
 
-LEADFIELD_FORMAT_VERSION = 1
+from ..core.leadfield import LeadField, write_leadfield_npz
+
+
+def fixed_eeg_forward(fwd):
+    """The EEG rows of ``fwd`` with fixed, surface-normal orientation.
+
+    Parameters
+    ----------
+    fwd : mne.Forward
+        Forward solution on a surface source space with EEG channels (MEG
+        channels are dropped).
+
+    Returns
+    -------
+    fwd : mne.Forward
+        Converted (``surf_ori=True, force_fixed=True, use_cps=True``) when
+        it was not already fixed and surface-oriented.
+    """
+    _validate_type(fwd, mne.Forward, "fwd")
+    if fwd["src"].kind != "surface":
+        raise ValueError(
+            "A lead field needs a forward on a surface source space, got a "
+            f"{fwd['src'].kind!r} source space.")
+    fwd = mne.pick_types_forward(fwd, meg=False, eeg=True)
+    if fwd["nchan"] == 0:
+        raise ValueError("The forward solution has no EEG channel.")
+    if not (mne.forward.is_fixed_orient(fwd) and fwd["surf_ori"]):
+        fwd = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
+                                           use_cps=True, copy=True,
+                                           verbose=False)
+    return fwd
 
 
 def save_leadfield_npz(fwd, fname):
@@ -20,15 +50,10 @@ def save_leadfield_npz(fwd, fname):
 
     Notes
     -----
-    The file holds ``gain`` (n_channels, n_sources, float32, V/Am),
-    ``source_rr`` and ``source_nn`` (n_sources, 3, head coordinates, metres),
-    ``vertices_lh`` and ``vertices_rh`` (int64), ``ch_names`` (str),
-    ``subject`` and ``format_version``. Read it with
-    :func:`load_leadfield_npz` (numpy only).
+    See :func:`mne_unfolded_sbl.core.leadfield.write_leadfield_npz` for the
+    layout. Read it with
+    :func:`mne_unfolded_sbl.core.leadfield.read_leadfield_npz` (numpy only).
     """
-    import mne
-    from mne.utils import _validate_type
-
     _validate_type(fwd, mne.Forward, "fwd")
     if not mne.forward.is_fixed_orient(fwd):
         raise ValueError(
@@ -37,88 +62,29 @@ def save_leadfield_npz(fwd, fname):
         )
     if len(fwd["src"]) != 2 or fwd["src"].kind != "surface":
         raise ValueError("fwd must have a surface source space with 2 hemispheres")
-    np.savez_compressed(
-        Path(fname),
-        gain=fwd["sol"]["data"].astype(np.float32),
-        source_rr=fwd["source_rr"].astype(np.float32),
-        source_nn=fwd["source_nn"].astype(np.float32),
-        vertices_lh=np.asarray(fwd["src"][0]["vertno"], np.int64),
-        vertices_rh=np.asarray(fwd["src"][1]["vertno"], np.int64),
-        ch_names=np.array(fwd["sol"]["row_names"], dtype=str),
-        subject=np.array(str(fwd["src"][0].get("subject_his_id") or "")),
-        format_version=np.int32(LEADFIELD_FORMAT_VERSION),
-    )
+    return write_leadfield_npz(
+        fname, fwd["sol"]["data"], fwd["source_rr"], fwd["source_nn"],
+        [s["vertno"] for s in fwd["src"]], fwd["sol"]["row_names"],
+        fwd["src"][0].get("subject_his_id") or "")
 
 
-def load_leadfield_npz(fname):
-    """Load a lead field written by :func:`save_leadfield_npz`.
+def leadfield_from_forward(fwd):
+    """The average-referenced EEG :class:`LeadField` of a forward solution.
 
     Parameters
     ----------
-    fname : path-like
-        The ``.npz`` file.
+    fwd : mne.Forward
+        EEG forward on a surface source space; converted to fixed
+        surface-normal orientation when needed.
 
     Returns
     -------
-    lf : dict
-        Keys ``gain``, ``source_rr``, ``source_nn``, ``vertices`` (list of two
-        int arrays, lh and rh), ``ch_names`` (list of str) and ``subject``.
+    lf : LeadField
     """
-    with np.load(Path(fname), allow_pickle=False) as npz:
-        version = int(npz["format_version"])
-        if version > LEADFIELD_FORMAT_VERSION:
-            raise ValueError(
-                f"{fname} has lead-field format {version}; this version reads "
-                f"up to {LEADFIELD_FORMAT_VERSION}. Upgrade mne-unfolded-sbl."
-            )
-        return dict(
-            gain=npz["gain"],
-            source_rr=npz["source_rr"],
-            source_nn=npz["source_nn"],
-            vertices=[npz["vertices_lh"], npz["vertices_rh"]],
-            ch_names=npz["ch_names"].tolist(),
-            subject=str(npz["subject"]),
-        )
-
-
-def average_reference_gain(gain):
-    """Average-reference a gain matrix: subtract the channel mean per column.
-
-    This is what MNE's average-reference projector does to the forward
-    solution; data simulated with (or localised against) this gain are
-    consistent with ``set_eeg_reference(projection=True)``.
-    """
-    gain = np.asarray(gain, dtype=np.float64)
-    return gain - gain.mean(axis=0, keepdims=True)
-
-
-def prepare_leadfield(fwd):
-    """Average-referenced gain, source positions and channel names.
-
-    Parameters
-    ----------
-    fwd : mne.Forward | dict
-        A fixed-orientation EEG forward, or the dict returned by
-        :func:`load_leadfield_npz` (so it works without MNE).
-
-    Returns
-    -------
-    L : ndarray, shape (n_channels, n_sources)
-        The average-referenced gain (float64, V / A.m).
-    pos : ndarray, shape (n_sources, 3)
-        Source positions (metres).
-    ch_names : list of str
-    """
-    if isinstance(fwd, dict) and "gain" in fwd:
-        return (average_reference_gain(fwd["gain"]),
-                np.asarray(fwd["source_rr"], np.float64), list(fwd["ch_names"]))
-    import mne
-
-    if not mne.forward.is_fixed_orient(fwd):
-        fwd = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
-                                           use_cps=True, verbose=False)
-    picks = mne.pick_types(fwd["info"], meg=False, eeg=True)
-    gain = fwd["sol"]["data"][picks]
-    names = [fwd["sol"]["row_names"][p] for p in picks]
+    fwd = fixed_eeg_forward(fwd)
     pos = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
-    return average_reference_gain(gain), pos, names
+    return LeadField.from_gain(
+        fwd["sol"]["data"], pos, fwd["sol"]["row_names"],
+        vertices=[s["vertno"].copy() for s in fwd["src"]],
+        subject=fwd["src"][0].get("subject_his_id") or "",
+        nn=np.asarray(fwd["source_nn"], np.float64))

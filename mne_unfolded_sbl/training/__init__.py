@@ -6,14 +6,12 @@ See ``doc/training.rst``. Main entry points: :class:`TrainConfig` /
 """
 
 from .config import TrainConfig, load_config, write_config
-from .data import LeadField, export_leadfields, read_leadfield_npz
-from .export import register_weights
+from .data import export_leadfields
 from .loss import nmse
 from .trainer import EXIT_STOPPED, Phase, Trainer, make_phases, train
 
 __all__ = [
     "EXIT_STOPPED",
-    "LeadField",
     "Phase",
     "TrainConfig",
     "Trainer",
@@ -21,8 +19,6 @@ __all__ = [
     "load_config",
     "make_phases",
     "nmse",
-    "read_leadfield_npz",
-    "register_weights",
     "train",
     "write_config",
 ]

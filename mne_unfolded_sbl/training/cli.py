@@ -14,10 +14,7 @@ Examples::
 import argparse
 import sys
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 
 def add_arguments(parser):
@@ -136,7 +133,7 @@ def _run(args, config, trainer):
         return EXIT_STOPPED
     print(f"Weights: {fname} ({status}); model card: {fname.with_suffix('.md')}")
     if args.register:
-        from .export import register_weights
+        from ..core.weights import register_weights
 
         if status != "finished":
             raise SystemExit("Not registering the weights of an unfinished run.")

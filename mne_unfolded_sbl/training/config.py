@@ -3,7 +3,7 @@
 A TOML file groups the fields in tables (``[model]``, ``[optim]``,
 ``[schedule]``, ``[data]``, ``[validation]``, ``[run]``) plus
 ``[simulation]`` (the fields of
-:class:`mne_unfolded_sbl.simulation.SimulationConfig`); the table a key sits
+:class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`); the table a key sits
 in is only for readability (any field may also be written at the top level),
 but every key must be a known field. TOML has no ``null``: an empty string
 means "unset" for paths and ``0`` means "off" for ``rel_threshold`` and
@@ -18,10 +18,9 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+from ..core.leadfield import DEFAULT_CONDUCTIVITY, PERTURBED_CONDUCTIVITY
+
+import tomllib
 
 #: Correction families that can be trained ("cb" has no parameters).
 TRAINABLE_MODELS = ("bias-cb", "deep-cb", "deep-attn-cb")
@@ -83,7 +82,7 @@ class TrainConfig:
         from ``montage``, ``spacing``, ``bem_ico`` and ``conductivity``
         (training) / ``val_conductivity`` (validation, no inverse crime).
         ``simulation``: overrides of the
-        :class:`~mne_unfolded_sbl.simulation.SimulationConfig` defaults; the
+        :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` defaults; the
         resolved values are stored.
     Validation
         A fixed set of ``val_size`` samples regenerated from ``val_seed`` in
@@ -132,8 +131,8 @@ class TrainConfig:
     val_leadfield: str = ""
     montage: str = "train-64"
     spacing: str = "ico3"
-    conductivity: tuple = (0.3, 0.006, 0.3)
-    val_conductivity: tuple = (0.33, 0.0045, 0.27)
+    conductivity: tuple = DEFAULT_CONDUCTIVITY
+    val_conductivity: tuple = PERTURBED_CONDUCTIVITY
     bem_ico: int = 4
     simulation: dict = field(default_factory=dict)
     # validation
@@ -202,13 +201,13 @@ class TrainConfig:
         return f"{self.model}_{'joint' if self.learn_noise else 'source'}"
 
     def simulation_config(self):
-        """The :class:`~mne_unfolded_sbl.simulation.SimulationConfig` to use."""
-        from ..simulation import SimulationConfig
+        """The :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` to use."""
+        from ..core.simulator import SimulationConfig
 
         return SimulationConfig(**self.simulation)
 
     def network_kwargs(self, n_sources, n_sensors):
-        """Keyword arguments of :class:`~mne_unfolded_sbl.network.UnfoldedSBL`."""
+        """Keyword arguments of :class:`~mne_unfolded_sbl.core.network.UnfoldedSBL`."""
         return dict(n_layers=self.n_layers, model=self.model,
                     learn_noise=self.learn_noise, n_sources=int(n_sources),
                     n_sensors=int(n_sensors), hidden=self.hidden,
@@ -297,7 +296,7 @@ def load_config(fname=None, **overrides):
 
 def _resolve_simulation(sim):
     """Fill in the SimulationConfig defaults and validate (plain types)."""
-    from ..simulation import SimulationConfig
+    from ..core.simulator import SimulationConfig
 
     if isinstance(sim, SimulationConfig):
         sim = dataclasses.asdict(sim)

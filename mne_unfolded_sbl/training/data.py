@@ -12,80 +12,21 @@ can run where MNE is not installed; computing lead fields from the template
 forward (:func:`leadfields_from_forward`) needs MNE.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..core.leadfield import read_leadfield_npz
+from ..core.simulator import EEGSimulator, derive_seed
+from ..core.solver import covariance_statistic
+
 _TRAIN, _VAL, _DS = 1, 2, 3  # stream tags of derive_seed
 
 
-@dataclass
-class LeadField:
-    """An average-referenced fixed-orientation EEG lead field."""
-
-    L: np.ndarray  # (M, N) float64, average reference
-    pos: np.ndarray  # (N, 3) metres
-    ch_names: list
-
-    @property
-    def shape(self):
-        return self.L.shape
-
-
-def derive_seed(*ints):
-    """A 63-bit seed from a tuple of non-negative integers (SeedSequence)."""
-    state = np.random.SeedSequence([int(i) for i in ints]).generate_state(
-        2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
-
-
-def _average_reference(gain):
-    """Subtract the mean over channels from every column (average reference).
-
-    Equivalent to applying MNE's average-reference projector to the gain.
-    """
-    gain = np.asarray(gain, dtype=np.float64)
-    return gain - gain.mean(axis=0, keepdims=True)
-
-
-def read_leadfield_npz(fname):
-    """Read a lead field written by ``save_leadfield_npz`` (numpy only).
-
-    The gain is average-referenced here, as for the data the package sees.
-    """
-    with np.load(Path(fname), allow_pickle=False) as npz:
-        if "gain" not in npz or "source_rr" not in npz:
-            raise ValueError(f"{fname} is not a lead-field file written by "
-                             "mne_unfolded_sbl.datasets.save_leadfield_npz "
-                             "(needs 'gain' and 'source_rr').")
-        L = _average_reference(npz["gain"])
-        pos = np.asarray(npz["source_rr"], dtype=np.float64)
-        names = npz["ch_names"].tolist() if "ch_names" in npz else \
-            [f"EEG{i:03d}" for i in range(L.shape[0])]
-    if pos.shape != (L.shape[1], 3):
-        raise ValueError(f"{fname}: source_rr has shape {pos.shape}, expected "
-                         f"({L.shape[1]}, 3)")
-    return LeadField(L, pos, names)
-
-
-def leadfield_from_forward(fwd):
-    """``LeadField`` from a fixed-orientation EEG forward (needs MNE)."""
-    try:
-        from ..datasets import prepare_leadfield
-    except ImportError:
-        prepare_leadfield = None
-    if prepare_leadfield is not None:
-        L, pos, names = prepare_leadfield(fwd)
-        return LeadField(np.asarray(L, np.float64), np.asarray(pos, np.float64),
-                         list(names))
-    gain = fwd["sol"]["data"]
-    pos = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
-    return LeadField(_average_reference(gain), pos, list(fwd["sol"]["row_names"]))
-
-
 def _forward(config, conductivity):
+    # the template forward needs MNE: imported only on this path, so that
+    # training from .npz lead fields runs where MNE is not installed
     from ..datasets import make_template_forward
 
     return make_template_forward(config.montage, config.spacing, conductivity,
@@ -94,6 +35,8 @@ def _forward(config, conductivity):
 
 def leadfields_from_forward(config):
     """Training and validation lead fields computed from the template (MNE)."""
+    from ..datasets import leadfield_from_forward
+
     return (leadfield_from_forward(_forward(config, config.conductivity)),
             leadfield_from_forward(_forward(config, config.val_conductivity)))
 
@@ -125,7 +68,7 @@ def export_leadfields(config, out_dir):
     -------
     train_fname, val_fname : Path
     """
-    from ..datasets import save_leadfield_npz
+    from ..datasets import save_leadfield_npz  # needs MNE, as above
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +97,7 @@ class SimulatedData:
 
     def __init__(self, config, train_lf, val_lf, device, dtype, rank=0,
                  world_size=1):
-        from ..simulation import EEGSimulator
+        from ..core.simulator import EEGSimulator
 
         if config.batch_size % world_size:
             raise ValueError(f"batch_size={config.batch_size} must be divisible "
@@ -205,7 +148,7 @@ class SimulatedData:
 
 
 def _finish(sample, null_space=None):
-    from ..solver import covariance_statistic
+    from ..core.solver import covariance_statistic
 
     Y = sample["Y"]
     return dict(Y=Y, X=sample["X"], noise_var=sample["noise_var"],

@@ -1,8 +1,5 @@
-"""Exporting trained weights: safetensors + model card, registry entries."""
+"""Model cards of trained weights (the weights I/O is :mod:`..core.weights`)."""
 
-import hashlib
-import json
-import os
 from pathlib import Path
 
 BENCHMARK_PLACEHOLDER = (
@@ -11,28 +8,6 @@ BENCHMARK_PLACEHOLDER = (
     "(`mne-unfolded-sbl benchmark`) on its own held-out test sets; no "
     "number here is an estimate._\n"
 )
-
-
-def save_weights(net, fname, card):
-    """Write ``net`` with :func:`mne_unfolded_sbl.pretrained.save_model`.
-
-    Where MNE is not installed (a bare GPU machine) ``pretrained`` cannot be
-    imported; the same safetensors layout (``config`` and ``card`` JSON
-    metadata) is then written directly.
-    """
-    try:
-        from ..pretrained import save_model
-    except ImportError:
-        save_model = None
-    if save_model is not None:
-        return save_model(net, fname, card=card)
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu").contiguous()
-             for k, v in net.state_dict().items()}
-    save_file(state, str(fname), metadata={"config": json.dumps(net.config),
-                                           "card": json.dumps(card)})
-    return Path(fname)
 
 
 def model_card(card):
@@ -89,60 +64,3 @@ def write_model_card(card, fname):
     """Write :func:`model_card` to ``fname``."""
     Path(fname).write_text(model_card(card))
     return Path(fname)
-
-
-def sha256(fname):
-    h = hashlib.sha256()
-    with open(fname, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def register_weights(fname, key, registry_dir=None, copy=True):
-    """Add weights to the bundled registry (``pretrained/registry.json``).
-
-    Parameters
-    ----------
-    fname : path-like
-        The ``.safetensors`` file (its ``.md`` model card beside it, if any,
-        is copied too).
-    key : str
-        Registry key, e.g. ``"deep-cb_joint"`` (see
-        :func:`mne_unfolded_sbl.pretrained.registry_key`).
-    registry_dir : path-like | None
-        Folder of ``registry.json``; default: the package's bundled folder.
-    copy : bool
-        Copy the file into ``registry_dir`` as ``<key>.safetensors``.
-
-    Returns
-    -------
-    entry : dict
-        ``{"file", "sha256", "url"}`` as written.
-    """
-    import shutil
-
-    fname = Path(fname)
-    if registry_dir is None:
-        from ..pretrained import _bundled_dir
-
-        registry_dir = _bundled_dir()
-    registry_dir = Path(registry_dir)
-    registry_dir.mkdir(parents=True, exist_ok=True)
-    target = registry_dir / f"{key}.safetensors"
-    if copy and fname.resolve() != target.resolve():
-        shutil.copyfile(fname, target)
-        card = fname.with_suffix(".md")
-        if card.is_file():
-            shutil.copyfile(card, target.with_suffix(".md"))
-    elif not copy:
-        target = fname
-    reg_file = registry_dir / "registry.json"
-    reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
-    entry = {"file": target.name if copy else os.path.relpath(target, registry_dir),
-             "sha256": sha256(target), "url": None}
-    reg[key] = entry
-    tmp = reg_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, reg_file)
-    return entry

@@ -24,8 +24,7 @@ run (on the same device and software). A run stops cleanly (checkpoint,
 exit status :data:`EXIT_STOPPED`) after ``max_minutes`` or on SIGTERM/SIGINT.
 
 Nothing here imports MNE: with ``.npz`` lead fields the loop runs on a machine
-without it (validation source metrics need :mod:`mne_unfolded_sbl.metrics`
-and are skipped with a warning when it cannot be imported).
+without it (a test checks it).
 """
 
 import gc
@@ -35,24 +34,27 @@ import platform
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._compat import logger
-from ..network import UnfoldedSBL
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..core import metrics
+from ..core._utils import DTYPES, logger
+from ..core.network import UnfoldedSBL
 from . import distributed as ddp
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 from .data import SimulatedData, load_leadfields
-from .export import save_weights, write_model_card
+from ..core.weights import load_model, save_model
+from .export import write_model_card
 from .loss import LossModule, draw_ds_layers, nmse
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Exit status of a run that stopped early (time limit, signal): resume it.
 EXIT_STOPPED = 75
 
@@ -92,7 +94,7 @@ def _device_name(device):
 
 
 class Trainer:
-    """Train an :class:`~mne_unfolded_sbl.network.UnfoldedSBL` network.
+    """Train an :class:`~mne_unfolded_sbl.core.network.UnfoldedSBL` network.
 
     Parameters
     ----------
@@ -178,7 +180,6 @@ class Trainer:
         self._accum_n = 0
         self._last_norm = float("nan")
         self._neighbors = None
-        self._metrics_ok = True
         self._stop_signal = False
         self._run_start = None
         self.log_path = self.out_dir / config.log_file
@@ -189,8 +190,6 @@ class Trainer:
 
     def _load_initial_weights(self, source):
         """Start from trained weights (a file or a registered name)."""
-        from ..pretrained import load_model
-
         src = load_model(source, learn_noise=self.config.learn_noise)
         if src.config != self.net.config:
             diff = {k: (src.config.get(k), v) for k, v in self.net.config.items()
@@ -293,8 +292,6 @@ class Trainer:
             complete, e.g. to inspect the network between phases; call
             :meth:`run` again to continue.
         """
-        from tqdm.auto import tqdm
-
         cfg = self.config
         self._run_start = time.monotonic()
         self._time_base = self.train_time_s
@@ -442,7 +439,7 @@ class Trainer:
         sums = np.zeros(K)
         n_total = 0
         est, true = [], []
-        n_metrics = cfg.val_metrics_size if self._metrics_ok else 0
+        n_metrics = cfg.val_metrics_size
         for batch in self.data.val_batches():
             nv = None if net.learn_noise else batch["noise_var"]
             out = net(self.data.L, batch["Cy"], nv,
@@ -468,12 +465,6 @@ class Trainer:
         return rec
 
     def _metrics(self, X, Xe):
-        try:
-            from .. import metrics
-        except ImportError as err:  # e.g. no MNE on a bare GPU machine
-            warnings.warn(f"Validation source metrics disabled ({err}).")
-            self._metrics_ok = False
-            return {}
         if self._neighbors is None:
             self._neighbors = metrics.source_neighbors(self.data.pos)
         res = metrics.evaluate(X, Xe, self.data.pos, neighbors=self._neighbors,
@@ -549,8 +540,6 @@ class Trainer:
         """The training record stored with exported weights (a dict)."""
         cfg = self.config
         wall = float(self._elapsed())
-        from .. import __version__
-
         ph = self.phase
         return dict(
             name=cfg.name, train_config=cfg.to_dict(),
@@ -568,20 +557,18 @@ class Trainer:
         )
 
     def export(self, fname=None):
-        """Write the weights (:func:`~mne_unfolded_sbl.pretrained.save_model`)
+        """Write the weights (:func:`~mne_unfolded_sbl.core.weights.save_model`)
         and a Markdown model card beside them; returns the weights path."""
         fname = Path(fname) if fname else self.out_dir / f"{self.config.name}.safetensors"
         fname.parent.mkdir(parents=True, exist_ok=True)
         card = self.card()
         meta = {k: v for k, v in card.items() if k != "train_config_toml"}
-        save_weights(self.net, fname, meta)
+        save_model(self.net, fname, card=meta)
         write_model_card(card, fname.with_suffix(".md"))
         return fname
 
 
 def _runtime():
-    from .config import RUNTIME_FIELDS
-
     return RUNTIME_FIELDS
 
 

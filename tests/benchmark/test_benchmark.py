@@ -43,7 +43,7 @@ def test_unknown_names_raise():
         resolve_methods("classical,nope")
     with pytest.raises(ValueError, match="Unknown sweep"):
         get_sweep("nope")
-    from mne_unfolded_sbl.pretrained import registry
+    from mne_unfolded_sbl.core.weights import registry
 
     if "bias-cb_joint" not in registry():
         with pytest.raises(ValueError, match="no pretrained weights"):
@@ -215,8 +215,8 @@ def test_top_level_cli_parser():
 def test_weights_file_method(synth, tmp_path):
     """A .safetensors file is benchmarked like a registered model; an
     untrained network equals the classical solver at the same depth."""
-    from mne_unfolded_sbl.network import UnfoldedSBL
-    from mne_unfolded_sbl.pretrained import save_model
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.weights import save_model
 
     fname = save_model(UnfoldedSBL(25, "deep-cb", True), tmp_path / "net.safetensors")
     res = run_benchmark(synth, ["cb-joint-25", str(fname)], n_samples=4,
@@ -230,8 +230,8 @@ def test_weights_file_method(synth, tmp_path):
 
 
 def test_bias_cb_on_other_source_space_is_skipped(synth, tmp_path):
-    from mne_unfolded_sbl.network import UnfoldedSBL
-    from mne_unfolded_sbl.pretrained import save_model
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.weights import save_model
 
     fname = save_model(UnfoldedSBL(3, "bias-cb", True, n_sources=50,
                                    n_sensors=10), tmp_path / "bias.safetensors")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "bench_solver.py"
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_solver.py"
 
 
 def _load():

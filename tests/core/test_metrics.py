@@ -1,11 +1,11 @@
-"""Tests of the evaluation metrics (mne_unfolded_sbl.metrics)."""
+"""Tests of the evaluation metrics (mne_unfolded_sbl.core.metrics)."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import sparse
 
-from mne_unfolded_sbl.metrics import (
+from mne_unfolded_sbl.core.metrics import (
     emd,
     evaluate,
     f1_support,

@@ -5,8 +5,8 @@ import pytest
 import torch
 from mne.inverse_sparse._gamma_map import _gamma_map_opt
 
-from mne_unfolded_sbl.network import MODELS, UnfoldedSBL
-from mne_unfolded_sbl.solver import (NullSpace, convex_bounding,
+from mne_unfolded_sbl.core.network import MODELS, UnfoldedSBL
+from mne_unfolded_sbl.core.solver import (NullSpace, convex_bounding,
                                      covariance_statistic, hard_threshold,
                                      noise_stats, precision, model_covariance,
                                      prepare, source_stats)

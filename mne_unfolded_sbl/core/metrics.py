@@ -25,10 +25,12 @@ F1        support recovery, support = ``{n : p_n > threshold * max p}``
 from __future__ import annotations
 
 import numpy as np
-from ._compat import _validate_type, logger, verbose
+import ot
 from scipy import sparse
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
+
+from ._utils import _validate_type, logger, verbose
 
 __all__ = [
     "source_power",
@@ -53,13 +55,8 @@ _DEFAULT_SUPPORT_THRESHOLD = 0.1
 
 def _to_numpy(x, name, ndim=None):
     """Convert arrays, tensors and source estimates to float64 NumPy."""
-    try:  # avoid importing mne at module level just for this check
-        from mne import SourceEstimate
-
-        if isinstance(x, SourceEstimate):
-            x = x.data
-    except ImportError:  # pragma: no cover
-        pass
+    if hasattr(x, "vertices") and hasattr(x, "data"):  # a SourceEstimate
+        x = x.data
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
@@ -337,8 +334,6 @@ def emd(x_true, x_est, pos, *, threshold=0.0, num_iter_max=1_000_000):
         true (resp. estimated) sources normalised to sum to one. Only the
         active sources enter the cost matrix. NaN if either map is all zero.
     """
-    import ot
-
     x_true, x_est = _pair(x_true, x_est)
     pos = _positions(pos, x_true.shape[0])
     threshold = _check_threshold(threshold, "threshold")

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from mne_unfolded_sbl.core.leadfield import read_leadfield_npz
 from mne_unfolded_sbl.training import (EXIT_STOPPED, TrainConfig, Trainer,
-                                       load_config, read_leadfield_npz)
+                                       load_config)
 from mne_unfolded_sbl.training.checkpoint import load_checkpoint
 from mne_unfolded_sbl.training.data import SimulatedData
 from mne_unfolded_sbl.training.distributed import DistInfo, cleanup
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.toml"
 
 
@@ -172,9 +173,9 @@ def test_resume_is_exact(leadfield_files, tmp_path, monkeypatch):
 
 
 def test_export_and_cli(leadfield_files, tmp_path):
-    from mne_unfolded_sbl.pretrained import load_weights, read_metadata
+    from mne_unfolded_sbl.core.weights import load_weights, read_metadata
     from mne_unfolded_sbl.training.cli import main
-    from mne_unfolded_sbl.training.export import register_weights, sha256
+    from mne_unfolded_sbl.core.weights import register_weights, sha256
 
     out = tmp_path / "cli"
     toml = tmp_path / "cfg.toml"

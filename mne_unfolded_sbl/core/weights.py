@@ -9,17 +9,24 @@ file is hash-checked in place; a registry entry with a ``url`` and no
 bundled file is downloaded into pooch's cache and checked the same way.
 """
 
+import hashlib
 import json
+import os
+import shutil
 from importlib import resources
 from pathlib import Path
 
 import pooch
 import torch
-from mne.utils import _validate_type, logger
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-from .network import MODELS, UnfoldedSBL
+from ._utils import _validate_type, logger, warn
+from .network import MODEL_LABELS, MODELS, UnfoldedSBL
+
+__all__ = ["fetch_weights", "load_model", "load_weights", "read_metadata",
+           "register_weights", "registry", "registry_key", "resolve_model",
+           "save_model", "sha256"]
 
 REGISTRY_FILE = "registry.json"
 DEFAULT_N_LAYERS = 25
@@ -126,7 +133,7 @@ def load_model(model="deep-cb", learn_noise=True, n_layers=None):
     ----------
     model : str | UnfoldedSBL | path-like
         ``"cb"``, ``"bias-cb"``, ``"deep-cb"``, ``"deep-attn-cb"``, an
-        :class:`~mne_unfolded_sbl.network.UnfoldedSBL` or a weights file.
+        :class:`~mne_unfolded_sbl.core.network.UnfoldedSBL` or a weights file.
     learn_noise : bool
         Joint (gamma, lambda) or source-only model.
     n_layers : int | None
@@ -160,3 +167,92 @@ def load_model(model="deep-cb", learn_noise=True, n_layers=None):
         )
     logger.debug(f"Loaded model {net.model} ({net.n_layers} layers)")
     return net
+
+
+
+def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
+    """Load a model, falling back to classical convex bounding if needed.
+
+    Parameters
+    ----------
+    model : str | UnfoldedSBL | path-like
+        As in :func:`mne_unfolded_sbl.apply_unfolded_sbl`.
+    learn_noise : bool
+        Joint (γ, λ) or source-only model.
+    n_layers : int | None
+        Depth (only the classical ``"cb"`` accepts any value).
+
+    Returns
+    -------
+    net : UnfoldedSBL
+        The network to run.
+    name : str
+        ``model`` if it was loaded, ``"cb"`` after a fallback.
+    note : str | None
+        Why the fallback happened (None if there was none).
+    """
+    try:
+        net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
+        return net, (model if isinstance(model, str) and model in MODEL_LABELS
+                     else net.model), None
+    except (ValueError, TypeError, OSError, ImportError) as err:
+        if isinstance(model, str) and model == "cb":
+            raise
+        note = (f"Pretrained weights for {model!r} "
+                f"(learn_noise={learn_noise}) are not available ({err}). "
+                "Falling back to the classical convex-bounding solver "
+                "(model='cb', 25 iterations): the estimate shown as "
+                f"'{MODEL_LABELS.get(str(model), model)}' is NOT a learned model.")
+        warn(note)
+        return load_model("cb", learn_noise=learn_noise, n_layers=None), "cb", note
+
+def sha256(fname):
+    """The sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(fname, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def register_weights(fname, key, registry_dir=None, copy=True):
+    """Add weights to the bundled registry (``pretrained/registry.json``).
+
+    Parameters
+    ----------
+    fname : path-like
+        The ``.safetensors`` file (its ``.md`` model card beside it, if any,
+        is copied too).
+    key : str
+        Registry key, e.g. ``"deep-cb_joint"`` (see
+        :func:`registry_key`).
+    registry_dir : path-like | None
+        Folder of ``registry.json``; default: the package's bundled folder.
+    copy : bool
+        Copy the file into ``registry_dir`` as ``<key>.safetensors``.
+
+    Returns
+    -------
+    entry : dict
+        ``{"file", "sha256", "url"}`` as written.
+    """
+    fname = Path(fname)
+    registry_dir = Path(_bundled_dir() if registry_dir is None else registry_dir)
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    target = registry_dir / f"{key}.safetensors"
+    if copy and fname.resolve() != target.resolve():
+        shutil.copyfile(fname, target)
+        card = fname.with_suffix(".md")
+        if card.is_file():
+            shutil.copyfile(card, target.with_suffix(".md"))
+    elif not copy:
+        target = fname
+    reg_file = registry_dir / "registry.json"
+    reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+    entry = {"file": target.name if copy else os.path.relpath(target, registry_dir),
+             "sha256": sha256(target), "url": None}
+    reg[key] = entry
+    tmp = reg_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, reg_file)
+    return entry

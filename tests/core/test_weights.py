@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from mne_unfolded_sbl import pretrained
-from mne_unfolded_sbl.network import UnfoldedSBL
-from mne_unfolded_sbl.pretrained import (fetch_weights, load_model, load_weights,
+from mne_unfolded_sbl.core import weights as pretrained
+from mne_unfolded_sbl.core.network import UnfoldedSBL
+from mne_unfolded_sbl.core.weights import (fetch_weights, load_model, load_weights,
                                          registry, save_model)
-from mne_unfolded_sbl.solver import NullSpace, covariance_statistic
+from mne_unfolded_sbl.core.solver import NullSpace, covariance_statistic
 
-REFERENCE = Path(__file__).parent / "data" / "deep-cb_joint_reference.npz"
+REFERENCE = Path(__file__).parents[1] / "data" / "deep-cb_joint_reference.npz"
 
 
 def test_registry_lists_bundled_files_with_hashes():

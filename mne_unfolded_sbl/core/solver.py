@@ -42,6 +42,11 @@ from dataclasses import dataclass
 
 import torch
 
+#: The public surface; the iterations, statistics and normalisation below
+#: are internals of the core (used by the network), not API.
+__all__ = ["CBResult", "NullSpace", "convex_bounding", "covariance_statistic",
+           "posterior_kernel", "posterior_mean"]
+
 #: Additive stabiliser of the log-statistics (normalised units, see
 #: :func:`normalize_problem`).  Small enough that the log-domain update
 #: equals ``sqrt(a / b)`` to float64 round-off for every variance that
@@ -402,7 +407,7 @@ def initial_state(L, Cy, noise_var=None, noise_init=0.1):
 
 
 @dataclass
-class Problem:
+class NormalizedProblem:
     """A normalised problem and its starting state (see :func:`prepare`)."""
 
     L_n: torch.Tensor
@@ -435,7 +440,7 @@ def prepare(L, Cy, noise_var=None, noise_init=0.1, null_space=None):
         y2 = (y_scale ** 2).to(L.dtype)[:, None]
         nv = noise_var.to(dtype=L.dtype, device=L.device) / y2
     state = initial_state(L_n, Cy_n, nv, noise_init)
-    return Problem(L_n, Cy_n, l_scale, y_scale, state, null_space,
+    return NormalizedProblem(L_n, Cy_n, l_scale, y_scale, state, null_space,
                    L_n.T.contiguous())
 
 

@@ -1,6 +1,6 @@
 """The unfolded convex-bounding network (Bias CB, Deep CB, Deep Attn CB).
 
-Layer ``k`` is one iteration of :func:`mne_unfolded_sbl.solver.cb_iteration`
+Layer ``k`` is one iteration of :func:`mne_unfolded_sbl.core.solver.cb_iteration`
 with learned log-domain corrections; the last layer is purely classical.
 With every correction at its zero initialisation the network reproduces the
 classical solver exactly.
@@ -18,6 +18,19 @@ from .solver import (CBState, cb_iteration, posterior_kernel,
 
 #: Correction families by model name.
 MODELS = ("cb", "bias-cb", "deep-cb", "deep-attn-cb")
+#: Display names of the model families.
+MODEL_LABELS = {
+    "cb": "Convex bounding",
+    "bias-cb": "Bias CB",
+    "deep-cb": "Deep CB",
+    "deep-attn-cb": "Deep Attn CB",
+}
+
+
+def model_label(model, learn_noise):
+    """Display name of a model and setting, e.g. ``"Deep CB (γ,λ)"``."""
+    name = MODEL_LABELS.get(model, str(model))
+    return f"{name} ({'γ,λ' if learn_noise else 'γ'})"
 
 
 @dataclass
@@ -165,7 +178,7 @@ class UnfoldedSBL(nn.Module):
         L : torch.Tensor, shape (M, N)
             Lead field (whitened), in the network's dtype and device.
         Cy : torch.Tensor, shape (B, M, M)
-            Data statistics (:func:`~mne_unfolded_sbl.solver.covariance_statistic`).
+            Data statistics (:func:`~mne_unfolded_sbl.core.solver.covariance_statistic`).
         noise_var : torch.Tensor, shape (B, M) | (M,) | None
             Known noise variances (source-only) or initial ones (joint), in
             the units of ``Cy``. Required when ``learn_noise`` is False.
@@ -177,7 +190,7 @@ class UnfoldedSBL(nn.Module):
         null_space : NullSpace | None
             Sensor directions without data, e.g.
             ``NullSpace.average_reference(M)`` for average-referenced data
-            (see :mod:`mne_unfolded_sbl.solver`).
+            (see :mod:`mne_unfolded_sbl.core.solver`).
 
         Returns
         -------
@@ -226,4 +239,5 @@ def classical_network(n_layers=25, learn_noise=True, **kwargs):
     return UnfoldedSBL(n_layers, "cb", learn_noise, **kwargs)
 
 
-__all__ = ["UnfoldedSBL", "UnfoldedOutput", "MODELS", "classical_network"]
+__all__ = ["MODELS", "MODEL_LABELS", "UnfoldedOutput", "UnfoldedSBL",
+           "classical_network", "model_label"]

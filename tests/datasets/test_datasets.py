@@ -13,13 +13,14 @@ from mne_unfolded_sbl.datasets import (
     TRAIN_CH_NAMES,
     TRAIN_MONTAGE,
     get_subjects_dir,
-    load_leadfield_npz,
+    leadfield_from_forward,
     make_info,
     make_montage,
     make_template_forward,
     save_leadfield_npz,
 )
 from mne_unfolded_sbl.datasets import _forward, _subject
+from mne_unfolded_sbl.core.leadfield import average_reference, read_leadfield_npz
 
 FAST = dict(montage="things-eeg2", spacing="ico3", bem_ico=3)
 PERTURBED = (0.33, 0.0045, 0.27)
@@ -184,15 +185,20 @@ def test_leadfield_npz(fwd_embedded, tmp_path):
     """Lead fields round-trip through numpy-only npz files."""
     fname = tmp_path / "lf.npz"
     save_leadfield_npz(fwd_embedded, fname)
-    lf = load_leadfield_npz(fname)
-    np.testing.assert_allclose(lf["gain"], fwd_embedded["sol"]["data"], rtol=1e-6)
-    assert lf["gain"].dtype == np.float32
-    np.testing.assert_allclose(lf["source_rr"], fwd_embedded["source_rr"], atol=1e-7)
-    np.testing.assert_allclose(lf["source_nn"], fwd_embedded["source_nn"], atol=1e-6)
-    for vert in lf["vertices"]:
+    with np.load(fname) as npz:  # stored as float32, in the forward's reference
+        assert npz["gain"].dtype == np.float32
+        np.testing.assert_allclose(npz["gain"], fwd_embedded["sol"]["data"],
+                                   rtol=1e-6)
+    lf = read_leadfield_npz(fname)  # average-referenced on reading
+    np.testing.assert_allclose(
+        lf.L, average_reference(fwd_embedded["sol"]["data"]),
+        rtol=1e-5, atol=1e-6 * np.abs(lf.L).max())
+    np.testing.assert_allclose(lf.pos, fwd_embedded["source_rr"], atol=1e-7)
+    np.testing.assert_allclose(lf.nn, fwd_embedded["source_nn"], atol=1e-6)
+    for vert in lf.vertices:
         np.testing.assert_array_equal(vert, np.arange(642))
-    assert lf["ch_names"] == THINGS_EEG2_CH_NAMES
-    assert lf["subject"] == "fsaverage"
+    assert lf.ch_names == THINGS_EEG2_CH_NAMES
+    assert lf.subject == "fsaverage"
     cached = next(datasets.cache_dir().glob("fwd/fsaverage-ico3-*-fwd.fif"))
     free = mne.read_forward_solution(cached)  # the cache holds free orientations
     with pytest.raises(ValueError, match="fixed orientation"):
@@ -269,14 +275,12 @@ def test_ico4_bem_forward(fwd_embedded):
     assert rel / np.linalg.norm(fwd3["sol"]["data"]) < 0.15
 
 
-def test_prepare_leadfield_average_reference(tmp_path, monkeypatch):
+def test_leadfield_from_forward_average_reference(tmp_path, monkeypatch):
     """The gain is average-referenced exactly as MNE's projector does it."""
-    import mne
-    from mne_unfolded_sbl.datasets import prepare_leadfield
-
     monkeypatch.setenv("MNE_UNFOLDED_SBL_CACHE", str(tmp_path))
     fwd = make_template_forward("things-eeg2", "ico3", bem_ico=3, verbose=False)
-    L, pos, names = prepare_leadfield(fwd)
+    lf = leadfield_from_forward(fwd)
+    L, pos, names = lf.L, lf.pos, lf.ch_names
     # MNE's own projector, applied to the gain columns as if they were data
     info = mne.create_info(fwd["sol"]["row_names"], 100.0, "eeg")
     evk = mne.EvokedArray(fwd["sol"]["data"].copy(), info, verbose=False)
@@ -285,6 +289,7 @@ def test_prepare_leadfield_average_reference(tmp_path, monkeypatch):
     assert names == fwd["sol"]["row_names"] and pos.shape == (1284, 3)
     # the same from the numpy-only lead-field file
     save_leadfield_npz(fwd, tmp_path / "lf.npz")
-    L2, pos2, names2 = prepare_leadfield(load_leadfield_npz(tmp_path / "lf.npz"))
+    lf2 = read_leadfield_npz(tmp_path / "lf.npz")
+    L2, names2 = lf2.L, lf2.ch_names
     np.testing.assert_allclose(L2, L, rtol=1e-5, atol=1e-6 * np.abs(L).max())
     assert names2 == names

@@ -13,7 +13,7 @@ untrained network *is* the classical solver.
 
 Features fed to the pointwise and attention modules (``d_in = 5``), per
 source (resp. sensor), all in the normalised units of
-:func:`mne_unfolded_sbl.solver.normalize_problem`:
+:func:`mne_unfolded_sbl.core.solver.normalize_problem`:
 
 1. ``s_n`` (log numerator), 2. ``q_n`` (log denominator),
 3. ``log gamma_n^k`` (current state),

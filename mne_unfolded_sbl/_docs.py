@@ -1,0 +1,68 @@
+"""Shared parameter documentation (as MNE's ``docdict``).
+
+Parameter blocks that several public functions share are written once here
+and inserted with :func:`fill_doc` (``%(name)s`` in a docstring), so that
+``apply_unfolded_sbl``, ``apply_unfolded_sbl_epochs``, the trajectory, the
+report and the command line describe a parameter the same way.
+"""
+
+from mne.utils.docs import docdict as _mne_docdict
+
+docdict = {}
+
+docdict["verbose"] = _mne_docdict["verbose"].strip("\n")
+docdict["rank"] = """rank : None | dict | 'info' | 'full'
+    Rank of the noise covariance, as in MNE (see
+    :func:`mne.compute_rank`)."""
+docdict["fwd_or_operator"] = """fwd : instance of mne.Forward | UnfoldedSBLOperator
+    EEG forward solution on a surface source space; free or loose
+    orientation forwards are converted to fixed orientation normal to
+    the cortex. Or an operator from :func:`make_unfolded_sbl_operator`
+    (then ``noise_cov=None``), which skips the preparation (picking,
+    orientation, whitening) on repeated calls."""
+docdict["noise_cov"] = """noise_cov : instance of mne.Covariance | None
+    Noise covariance of single trials (as for
+    :func:`mne.minimum_norm.make_inverse_operator`), used to whiten;
+    with ``learn_noise=False`` it is the known noise (scaled by
+    ``1 / nave`` for an evoked response). None only with an operator."""
+docdict["model"] = """model : str | instance of UnfoldedSBL | path-like
+    ``"cb"`` (classical convex bounding), ``"bias-cb"``,
+    ``"deep-cb"`` or ``"deep-attn-cb"`` (bundled pretrained weights),
+    a network (used as given, never modified), or the path of a
+    ``.safetensors`` weights file written by the training CLI."""
+docdict["learn_noise"] = """learn_noise : bool
+    If True (default), learn the sensor-wise noise variances jointly
+    with the source variances; else keep the whitened noise fixed."""
+docdict["n_layers"] = """n_layers : int | None
+    Number of unfolded layers (iterations), an integer >= 1. None uses
+    the model's depth (25). Only the classical ``"cb"`` accepts another
+    depth."""
+docdict["device"] = """device : str
+    Torch device, e.g. ``"cpu"`` or ``"cuda"``."""
+docdict["dtype"] = """dtype : "float32" | "float64"
+    Working precision of the large products (the small ``M x M``
+    factorisations always run in float64)."""
+
+
+def fill_doc(obj):
+    """Insert the :data:`docdict` entries into ``obj.__doc__``.
+
+    Raises
+    ------
+    RuntimeError
+        If the docstring names a key that is not in :data:`docdict`.
+    """
+    doc = obj.__doc__
+    if not doc:
+        return obj
+    lines = doc.splitlines()
+    indent = min((len(ln) - len(ln.lstrip()) for ln in lines[1:] if ln.strip()),
+                 default=0)
+    pad = " " * indent
+    indented = {k: v.replace("\n", "\n" + pad) for k, v in docdict.items()}
+    try:
+        obj.__doc__ = doc % indented
+    except (KeyError, TypeError, ValueError) as err:
+        raise RuntimeError(f"Error documenting {obj.__qualname__}: {err!r}") \
+            from None
+    return obj
