@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mne_unfolded_sbl.core._utils import soft_import
 from mne_unfolded_sbl.core.leadfield import average_reference, read_leadfield_npz
 
 TARGET_MS = 20.0  # 25 joint layers per evoked
@@ -489,12 +490,9 @@ def main(argv=None):
     limits = contextlib.nullcontext()
     if args.threads:
         torch.set_num_threads(args.threads)
-        try:
-            from threadpoolctl import threadpool_limits
-
-            limits = threadpool_limits(args.threads)
-        except ImportError:
-            pass
+        threadpoolctl = soft_import("threadpoolctl", strict=False)
+        if threadpoolctl is not None:  # else BLAS follows OMP_NUM_THREADS
+            limits = threadpoolctl.threadpool_limits(args.threads)
     cuda = args.device.startswith("cuda")
     no_mne = args.no_mne or cuda
     header = [

@@ -75,13 +75,9 @@ extensions = [
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
-try:  # Markdown model cards (pretrained/*.md); optional
-    import myst_parser  # noqa: F401
-except ImportError:  # pragma: no cover
-    HAVE_MYST = False
-else:
-    HAVE_MYST = True
-    extensions.append("myst_parser")
+# Markdown model cards (pretrained/*.md); myst-parser is in the [doc] extra
+HAVE_MYST = True
+extensions.append("myst_parser")
 if USE_INTERSPHINX:
     extensions.append("sphinx.ext.intersphinx")
 

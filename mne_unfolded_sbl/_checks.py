@@ -1,9 +1,14 @@
 """Input checks with errors that name the problem and the fix."""
 
+import numbers
+from pathlib import Path
+
 import numpy as np
 import torch
 import mne
 from mne.utils import _check_option, _validate_type, logger
+
+from .core._utils import check_positive_int
 
 
 def check_forward(fwd):
@@ -52,9 +57,50 @@ def pick_channels(info, fwd, noise_cov):
     return names
 
 
+def check_noise_cov_type(noise_cov):
+    """``noise_cov`` must be an :class:`mne.Covariance` (not a file, array)."""
+    try:
+        _validate_type(noise_cov, mne.Covariance, "noise_cov", "mne.Covariance")
+    except TypeError as err:
+        if isinstance(noise_cov, (str, Path)):
+            hint = f"Read the file with mne.read_cov({str(noise_cov)!r})."
+        elif isinstance(noise_cov, np.ndarray):
+            hint = ("Wrap the array (in the data's units, V² for EEG) with "
+                    "mne.Covariance(data, ch_names, bads=[], projs=[], "
+                    "nfree=n_samples), or read a saved covariance with "
+                    "mne.read_cov(fname).")
+        else:
+            hint = "Read one with mne.read_cov(fname)."
+        raise TypeError(f"{err} {hint} To estimate one from baseline data: "
+                        "mne.compute_covariance(epochs, tmax=0).") from None
+    return noise_cov
+
+
+def check_nave(nave):
+    """``evoked.nave``: the number of averaged trials, a number > 0."""
+    if isinstance(nave, bool) or not isinstance(nave, (numbers.Real,
+                                                       np.number)):
+        raise TypeError(f"evoked.nave must be a number (the number of "
+                        f"averaged trials), got {nave!r}.")
+    if not np.isfinite(nave) or nave <= 0:
+        raise ValueError(
+            f"evoked.nave must be > 0 (the number of averaged trials, which "
+            f"scales the single-trial noise covariance by 1/nave), got "
+            f"{nave!r}. Set evoked.nave to the number of trials averaged "
+            "(1 for a single trial).")
+    return nave
+
+
+def check_n_layers(n_layers):
+    """``n_layers``: None (the model's depth) or an integer >= 1."""
+    if n_layers is None:
+        return None
+    return check_positive_int(n_layers, "n_layers")
+
+
 def check_noise_cov(noise_cov, ch_names):
     """The covariance restricted to ``ch_names`` must be finite and PSD."""
-    _validate_type(noise_cov, mne.Covariance, "noise_cov")
+    check_noise_cov_type(noise_cov)
     idx = [noise_cov["names"].index(n) for n in ch_names]
     data = noise_cov["data"]
     if noise_cov["diag"]:
@@ -82,8 +128,20 @@ def check_noise_cov(noise_cov, ch_names):
 
 
 def check_data_finite(data, name):
-    """Refuse NaN/Inf in sensor data."""
+    """Refuse NaN/Inf in sensor data; for epochs (3-D), name the epochs."""
     bad = ~np.isfinite(data)
+    if bad.any() and bad.ndim == 3:
+        idx = np.flatnonzero(bad.any(axis=(1, 2))).tolist()
+        shown = idx if len(idx) <= 10 else idx[:10]
+        drop = (f"epochs.drop({idx})" if len(idx) <= 10 else
+                "epochs.drop(np.flatnonzero(~np.isfinite(epochs.get_data())"
+                ".all(axis=(1, 2))))")
+        raise ValueError(
+            f"{len(idx)} of {len(data)} {name} contain NaN/Inf values "
+            f"({int(bad.sum())} values), at epoch indices {shown}"
+            f"{' ...' if len(idx) > 10 else ''}. Drop them with {drop} "
+            "(or interpolate or mark bad the affected channels) before "
+            "source imaging.")
     if bad.any():
         raise ValueError(
             f"The {name} data contain {int(bad.sum())} NaN/Inf values; "

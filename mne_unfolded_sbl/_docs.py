@@ -44,6 +44,28 @@ docdict["dtype"] = """dtype : "float32" | "float64"
     factorisations always run in float64)."""
 
 
+# -- the report (mne_unfolded_sbl.report) -------------------------------------
+docdict["report_evoked"] = """evoked : instance of mne.Evoked
+    EEG evoked response with an average-reference projector."""
+docdict["report_fwd"] = """fwd : instance of mne.Forward
+    Forward solution on a surface source space (fixed orientation is
+    used). Estimates are placed on all of its sources
+    (:func:`mne_unfolded_sbl.methods.expand_stc`); its source positions
+    give the peak positions and distances."""
+docdict["report_noise_cov"] = """noise_cov : instance of mne.Covariance
+    Single-trial noise covariance: whitening, and the known noise of
+    ``learn_noise=False`` and of MNE's methods."""
+docdict["report_method"] = """A name of the registry :mod:`mne_unfolded_sbl.methods`
+    (case-insensitive): ``"cb"``, ``"bias-cb"``, ``"deep-cb"``,
+    ``"deep-attn-cb"`` (unfolded SBL with ``learn_noise``; learned models
+    fall back to ``"cb"``, with a ``note``, without weights), the same
+    with the noise setting fixed (``"deep-cb-joint"``,
+    ``"cb-source-25"``), ``"sloreta"``, ``"dspm"``, ``"mne"``,
+    ``"eloreta"``, ``"gamma-map"`` or ``"mxne"`` (MNE's solvers, settings
+    documented in :mod:`mne_unfolded_sbl.methods`); a network or a
+    ``.safetensors`` weights file; or a registry entry."""
+
+
 def fill_doc(obj):
     """Insert the :data:`docdict` entries into ``obj.__doc__``.
 

@@ -13,11 +13,14 @@ Run ``mne-unfolded-sbl demo --help`` or ``python -m mne_unfolded_sbl.demo``.
 No network access is needed. The first run builds and caches the forward
 model (``MNE_UNFOLDED_SBL_CACHE``, default: the OS cache dir).
 
-Head model: ``--bem-ico auto`` (default) uses the accurate ico4 BEM when its
-solution is already cached and the fast ico3 BEM (a few seconds, lead fields
-within about 8 %) otherwise, so that the first run stays within about a
-minute; ``--bem-ico 4`` computes and caches the ico4 BEM once (about 1-4
-minutes and 2 GB), after which ``auto`` uses it.
+Head model: ``--bem-ico auto`` (default) uses the fast ico3 BEM (a few
+seconds, lead fields within about 8 % of ico4), so that the first run stays
+within about a minute; ``--bem-ico 4`` uses the accurate ico4 BEM (computed
+once, about 1-4 minutes and 2 GB, then cached).
+
+``--out`` is the report file (``.html``) or a folder to write
+``report.html`` into; an existing report is only replaced with
+``--overwrite``.
 """
 
 # License: BSD-3-Clause
@@ -25,42 +28,58 @@ minutes and 2 GB), after which ``auto`` uses it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import matplotlib
+import mne
+
+from .cli import arg_error, float_type, int_type
+from .core.leadfield import PERTURBED_CONDUCTIVITY
+from .core.simulator import SimulationConfig
+from .datasets import get_subjects_dir, make_template_forward, resolve_bem_ico
+from .report import add_unfolded_sbl_to_report, format_metrics_table
+from .simulation import simulate_evoked
+
 __all__ = ["run_demo", "add_arguments", "run", "main"]
 
 DEFAULT_OUT = Path("mne_unfolded_sbl_demo") / "report.html"
+#: Suffixes that make ``--out`` a report file rather than a folder.
+HTML_SUFFIXES = (".html", ".htm")
 #: Brain, skull, scalp conductivities (S/m) of the forward that simulates
 #: the data (the inversion uses the default 0.3, 0.006, 0.3): a controlled
 #: forward-model mismatch, as in the paper (appendix B.2), avoids the
 #: "inverse crime".
-SIM_CONDUCTIVITY = (0.33, 0.0045, 0.27)
+SIM_CONDUCTIVITY = PERTURBED_CONDUCTIVITY
 
 
 def add_arguments(parser):
     """Add the demo's options to an :class:`argparse.ArgumentParser`."""
-    parser.add_argument("--out", default=str(DEFAULT_OUT),
+    parser.add_argument("--out", default=str(DEFAULT_OUT), type=_out_arg,
                         help="report file (.html) or folder to write "
                         "report.html into (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing report")
     parser.add_argument("--model", default="deep-cb",
                         help="unfolded model: cb, bias-cb, deep-cb, "
                         "deep-attn-cb or a .safetensors weights file; learned "
                         "models fall back to cb without weights "
                         "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int_type(0), default=0,
                         help="simulation seed (default: %(default)s)")
-    parser.add_argument("--n-sources", type=int, default=3,
+    parser.add_argument("--n-sources", type=int_type(1), default=3,
                         help="number of focal sources (default: %(default)s)")
-    parser.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 20.0),
+    parser.add_argument("--snr-db", type=float_type(), nargs=2, default=(5.0, 20.0),
                         metavar=("LOW", "HIGH"),
                         help="per-channel SNR range in dB, drawn for every "
                         "channel (default: 5 20)")
-    parser.add_argument("--n-times", type=int, default=100,
-                        help="time samples (default: %(default)s)")
-    parser.add_argument("--sfreq", type=float, default=100.0,
+    parser.add_argument("--n-times", type=int_type(2), default=100,
+                        help="time samples, at least 2 (default: %(default)s)")
+    parser.add_argument("--sfreq", type=float_type(0, min_inclusive=False),
+                        default=100.0,
                         help="sampling frequency in Hz (default: %(default)s)")
     parser.add_argument("--montage", default="train-64",
                         help="EEG montage of the template forward "
@@ -68,8 +87,9 @@ def add_arguments(parser):
     parser.add_argument("--spacing", default="ico3", choices=("ico3", "ico4"),
                         help="source space (default: %(default)s)")
     parser.add_argument("--bem-ico", default="auto", choices=("auto", "3", "4"),
-                        help="BEM resolution; auto = 4 if cached, else 3 "
-                        "(default: %(default)s)")
+                        help="BEM resolution; auto = the fast ico3 BEM, 4 = the "
+                        "accurate ico4 one, computed once (minutes) and "
+                        "cached (default: %(default)s)")
     parser.add_argument("--noise-cov", default="ad-hoc",
                         choices=("ad-hoc", "true"),
                         help="noise covariance given to the solvers: an "
@@ -88,43 +108,72 @@ def add_arguments(parser):
                         help="brain renderer (default: %(default)s)")
     parser.add_argument("--open", action="store_true",
                         help="open the report in a web browser")
+    parser.set_defaults(_parser=parser)
     return parser
 
 
-def _out_path(out):
-    out = Path(out).expanduser()
-    if out.suffix.lower() not in (".html", ".htm"):
-        out = out / "report.html"
+def _resolve_out(out):
+    """The report file meant by ``out``: an .html file, or report.html in a
+    folder (an existing one, a name without a suffix or a path ending in
+    a slash). ValueError for anything else (e.g. ``out.png``)."""
+    raw = os.fspath(out)
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        return path / "report.html"
+    if path.suffix.lower() in HTML_SUFFIXES:
+        return path
+    if path.exists():
+        raise ValueError(f"expected an .html file or a folder to write "
+                         f"report.html into; {raw!r} is a file that is not "
+                         ".html")
+    if not path.suffix or raw.endswith(("/", os.sep)):
+        return path / "report.html"
+    raise ValueError(f"expected an .html file or a folder to write "
+                     f"report.html into, got {raw!r} (not .html; for a new "
+                     "folder with a dot in its name, end the path with '/')")
+
+
+def _out_arg(text):
+    """argparse type of ``--out``: checked, kept as given."""
+    try:
+        _resolve_out(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _out_path(out, overwrite=False, *, flag="overwrite=True"):
+    """The report file of ``out`` (see :func:`_resolve_out`), its folder
+    created; FileExistsError if it exists and not ``overwrite``."""
+    out = _resolve_out(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass {flag} to "
+                              "replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _bem_ico(choice, montage, spacing):
-    """Resolve ``--bem-ico auto``: 4 if its BEM solution is cached, else 3."""
+def _bem_ico(choice):
+    """Resolve ``--bem-ico``: ``auto`` is ico4 when cached, else ico3."""
     if choice != "auto":
         return int(choice), None
-    try:  # private helpers of the datasets module: only for the cache check
-        from .datasets._forward import DEFAULT_CONDUCTIVITY, _source_key
-        from .datasets._subject import cache_dir, resolve_source
-
-        kind, subjects_dir = resolve_source("auto")
-        cond = "-".join(f"{c:g}" for c in DEFAULT_CONDUCTIVITY)
-        fname = (cache_dir() / "bem"
-                 / f"{_source_key(kind, subjects_dir)}-ico4-{cond}-bem-sol.fif")
-        if fname.is_file():
-            return 4, None
-    except Exception:  # pragma: no cover - fall back to the fast BEM
-        pass
-    return 3, ("using the fast ico3 BEM (the ico4 BEM is not cached yet; "
-               "run once with --bem-ico 4 to compute and cache it)")
+    bem = resolve_bem_ico("auto")
+    if bem == 4:
+        return 4, "the accurate ico4 BEM, cached"
+    return 3, ("the fast ico3 BEM; --bem-ico 4 computes the accurate ico4 BEM "
+               "once, which auto then uses")
 
 
 def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
              snr_db=(5.0, 20.0), n_times=100, mismatch=True, sfreq=100.0, montage="train-64",
              spacing="ico3", bem_ico="auto", noise_cov="ad-hoc",
              compare=("cb", "sloreta"), backend="auto", open_browser=False,
-             printer=print):
+             overwrite=False, printer=print):
     """Run the demo and return a dict with the results (see module docs).
+
+    ``out`` is the report file (``.html``) or a folder to write
+    ``report.html`` into; an existing report is replaced only with
+    ``overwrite=True`` (FileExistsError otherwise, before any computation).
 
     Returns
     -------
@@ -134,20 +183,11 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
         (fallback message or None), ``timings`` (s), ``evoked``,
         ``stc_true``, ``fwd``.
     """
-    import matplotlib
-
+    out = _out_path(out, overwrite)
     matplotlib.use("Agg", force=False)
-    import mne
-
-    from .datasets import get_subjects_dir, make_template_forward
-    from .report import add_unfolded_sbl_to_report, format_metrics_table
-    from .core.simulator import SimulationConfig
-    from .simulation import simulate_evoked
-
     t_start = time.perf_counter()
     timings = {}
-    out = _out_path(out)
-    bem, bem_note = _bem_ico(str(bem_ico), montage, spacing)
+    bem, bem_note = _bem_ico(str(bem_ico))
     printer(f"[1/4] Template forward: fsaverage {spacing}, montage {montage}, "
             f"ico{bem} BEM" + (f" ({bem_note})" if bem_note else ""))
     t0 = time.perf_counter()
@@ -225,13 +265,22 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
 
 def run(args):
     """Run the demo from parsed command-line arguments; return 0."""
-    run_demo(args.out, model=args.model, seed=args.seed,
-             n_sources=args.n_sources, snr_db=tuple(args.snr_db),
+    low, high = args.snr_db
+    if low > high:
+        arg_error(args, f"argument --snr-db: LOW must not exceed HIGH, got "
+                  f"{low:g} {high:g}")
+    try:  # before anything is computed
+        out = _out_path(args.out, args.overwrite, flag="--overwrite")
+    except (ValueError, OSError) as err:
+        arg_error(args, f"argument --out: {err}")
+    run_demo(out, model=args.model, seed=args.seed,
+             n_sources=args.n_sources, snr_db=(low, high),
              n_times=args.n_times, sfreq=args.sfreq, montage=args.montage,
              mismatch=args.mismatch,
              spacing=args.spacing, bem_ico=args.bem_ico,
              noise_cov=args.noise_cov, compare=tuple(args.compare),
-             backend=args.backend, open_browser=args.open)
+             backend=args.backend, open_browser=args.open,
+             overwrite=args.overwrite)
     return 0
 
 

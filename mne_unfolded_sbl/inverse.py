@@ -6,6 +6,9 @@ orientation and whitening follow :func:`mne.inverse_sparse.gamma_map`
 source variances absorb depth.
 """
 
+import copy
+import threading
+
 import mne
 import numpy as np
 import torch
@@ -13,18 +16,62 @@ from mne._fiff.proj import make_projector
 # MNE's own helpers, as used by mne.inverse_sparse.gamma_map
 from mne.inverse_sparse.mxne_inverse import _compute_residual, _prepare_gain
 from mne.minimum_norm.inverse import _check_reference
-from mne.utils import _validate_type, logger, verbose
+from mne.utils import (_validate_type, logger, object_size, sizeof_fmt,
+                       verbose, warn)
 
 from ._checks import (check_data_finite, check_device, check_dtype,
-                      check_forward, check_noise_cov, pick_channels)
+                      check_forward, check_n_layers, check_nave,
+                      check_noise_cov, check_noise_cov_type, pick_channels)
+from ._docs import fill_doc
 from .core._utils import DTYPES
 from .core.network import MODELS, model_label
 from .core.solver import NullSpace, covariance_statistic, prepare
-from .core.weights import load_model, resolve_model
+from .core.weights import check_finite_parameters, load_model, resolve_model
 
 #: Singular values of the whitener below this fraction of the largest are
 #: directions without data (reference, projectors, rank deficiency).
 _NULL_RTOL = 1e-6
+#: Largest entry difference between the projector an operator was made with
+#: and the data's (projectors read back from a FIF file are float32).
+_PROJ_ATOL = 1e-6
+#: A model whose sources carry less than this fraction of the whitened data
+#: power has pruned every source (the map is zero).
+_PRUNED_RTOL = 1e-6
+#: Known noise at least this far above the data power is refused (see
+#: :func:`_check_known_noise`).
+_WEAK_RATIO = 0.5
+
+
+class _KernelSourceEstimate(mne.SourceEstimate):
+    """An :class:`mne.SourceEstimate` that stays a ``(kernel, sens_data)`` pair.
+
+    MNE's ``SourceEstimate.__repr__`` reads ``self.data``, which forms
+    ``kernel @ sens_data`` (``n_sources x n_times``: about 1 GB for 20k
+    sources and 1e5 samples) just to print a summary. This subclass only
+    changes the repr of an unformed estimate; everything else (``data``,
+    ``copy``, ``crop``, arithmetic, ``save``, ``plot``, pickling) is MNE's,
+    and ``isinstance(stc, mne.SourceEstimate)`` holds.
+    """
+
+    def __repr__(self):  # noqa: D105
+        if self._data is not None or self._kernel is None:
+            text = super().__repr__()  # formed: MNE's repr costs nothing
+            return "<SourceEstimate" + text[text.index(" |"):]
+        s = f"{sum(len(v) for v in self.vertices)} vertices"
+        if self.subject is not None:
+            s += f", subject : {self.subject}"
+        s += f", tmin : {1e3 * self.tmin} (ms)"
+        s += f", tmax : {1e3 * self.times[-1]} (ms)"
+        s += f", tstep : {1e3 * self.tstep} (ms)"
+        s += f", data shape : {self.shape}"
+        held = sum(object_size(x) for x in
+                   self.vertices + [self._kernel, self._sens_data])
+        itemsize = np.result_type(self._kernel, self._sens_data).itemsize
+        formed = int(np.prod(self.shape)) * itemsize
+        s += (f", ~{sizeof_fmt(held)} as kernel {self._kernel.shape} @ sensor "
+              f"data {self._sens_data.shape} (stc.data, formed on first "
+              f"access: ~{sizeof_fmt(formed)})")
+        return f"<SourceEstimate | {s}>"
 
 
 class UnfoldedSBLOperator:
@@ -35,16 +82,27 @@ class UnfoldedSBLOperator:
     the directions the reference removes, computed once by
     :func:`make_unfolded_sbl_operator` and passed as ``fwd`` to
     :func:`apply_unfolded_sbl` / :func:`apply_unfolded_sbl_epochs` for every
-    evoked response or epochs object recorded with those channels.
+    evoked response or epochs object recorded with those channels. Data
+    with other projectors, or missing or marking bad one of its channels,
+    are refused (the operator would not fit them).
     """
 
-    def __init__(self, fwd, gain, gain_info, whitener, null_space, rank):
+    def __init__(self, fwd, gain, gain_info, whitener, null_space, rank,
+                 proj):
         self.fwd = fwd
         self.gain = gain
         self.info = gain_info
         self.whitener = whitener
         self.null_space = null_space
         self.rank = rank
+        #: The projector (on :attr:`ch_names`) the operator was made with;
+        #: data with another one are refused (:func:`_check_proj_match`).
+        self.proj = proj
+
+    @property
+    def projs(self):
+        """The projectors of the info the operator was made from."""
+        return list(self.info["projs"])
 
     @property
     def ch_names(self):
@@ -62,6 +120,7 @@ class UnfoldedSBLOperator:
 
 
 @verbose
+@fill_doc
 def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
                                verbose=None):
     """Prepare forward and noise covariance once for many calls.
@@ -71,24 +130,28 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
     info : mne.Info
         Measurement info of the data to localise: its good EEG channels
         (``info["bads"]`` excluded) and projectors are used, as by
-        :func:`mne.minimum_norm.make_inverse_operator`.
+        :func:`mne.minimum_norm.make_inverse_operator`. The operator is
+        refused for data with other projectors or with its channels
+        missing or marked bad.
     fwd : mne.Forward
         EEG forward solution on a surface source space (free or loose
         orientation forwards are converted to fixed orientation).
     noise_cov : mne.Covariance
-        Single-trial noise covariance, used to whiten.
-    rank : None | dict | 'info' | 'full'
-        Rank of the noise covariance, as in MNE.
+        Single-trial noise covariance, used to whiten (read one with
+        :func:`mne.read_cov`).
+    %(rank)s
     %(verbose)s
 
     Returns
     -------
     operator : UnfoldedSBLOperator
         Pass it as ``fwd`` (with ``noise_cov=None``) to
-        :func:`apply_unfolded_sbl` or :func:`apply_unfolded_sbl_epochs`.
+        :func:`apply_unfolded_sbl`, :func:`apply_unfolded_sbl_epochs` or
+        :func:`unfolded_sbl_trajectory`.
     """
     _validate_type(info, mne.Info, "info")
     fwd = check_forward(fwd)
+    check_noise_cov_type(noise_cov)
     ch_names = pick_channels(info, fwd, noise_cov)
     check_noise_cov(noise_cov, ch_names)
     info = mne.pick_info(info, [info["ch_names"].index(n) for n in ch_names])
@@ -106,11 +169,24 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
     rows = [fwd["sol"]["row_names"].index(n) for n in gain_info["ch_names"]]
     gain = whitener @ fwd["sol"]["data"][rows]
     null = _whitener_null_space(whitener)
-    return UnfoldedSBLOperator(fwd, gain, gain_info, whitener, null, rank)
+    return UnfoldedSBLOperator(fwd, gain, gain_info, whitener, null, rank,
+                               proj)
+
+
+class _InfoOnly:
+    """What MNE's ``_check_reference`` reads of an instance: its info."""
+
+    def __init__(self, info):
+        self.info = info
 
 
 def _operator_for(inst, fwd, noise_cov, rank):
     """The operator to use for ``inst`` and the indices of its channels."""
+    # MNE's pick_info checks the info it is given by briefly unlocking and
+    # rewriting it, which is not thread-safe: work on a private copy, so
+    # that threads can share one Evoked/Epochs (the copy is only read from
+    # ``inst.info``).
+    info = inst.info.copy()
     if isinstance(fwd, UnfoldedSBLOperator):
         if noise_cov is not None or rank is not None:
             raise ValueError(
@@ -123,24 +199,74 @@ def _operator_for(inst, fwd, noise_cov, rank):
             raise ValueError("noise_cov is required with a forward solution "
                              "(it is only optional with an "
                              "UnfoldedSBLOperator).")
-        op = make_unfolded_sbl_operator(inst.info, fwd, noise_cov, rank=rank,
+        check_noise_cov_type(noise_cov)
+        op = make_unfolded_sbl_operator(info, fwd, noise_cov, rank=rank,
                                         verbose=False)
-    missing = [n for n in op.ch_names if n not in inst.ch_names]
-    bad = [n for n in op.ch_names if n in inst.info["bads"]]
+    ch_names = list(info["ch_names"])
+    missing = [n for n in op.ch_names if n not in ch_names]
+    bad = [n for n in op.ch_names if n in info["bads"]]
     if missing or bad:
         raise ValueError(
             f"The operator uses channel(s) that the data "
             f"{'lack' if missing else 'mark as bad'}: {(missing or bad)[:10]}. "
             "Build the operator from this data's info "
             "(make_unfolded_sbl_operator(inst.info, fwd, noise_cov)).")
-    _check_reference(inst, op.ch_names)
-    unused = [n for n in mne.pick_info(inst.info, mne.pick_types(
-        inst.info, meg=False, eeg=True, exclude="bads"))["ch_names"]
-        if n not in set(op.ch_names)]
+    _check_reference(_InfoOnly(info), op.ch_names)
+    _check_proj_match(info, op)
+    used = set(op.ch_names)
+    unused = [ch_names[i] for i in mne.pick_types(info, meg=False, eeg=True,
+                                                  exclude="bads")
+              if ch_names[i] not in used]
     if unused:
         logger.info(f"    {len(unused)} good EEG channel(s) of the data are "
                     f"not in the operator and are ignored: {unused[:10]}")
-    return op, [inst.ch_names.index(n) for n in op.ch_names]
+    return op, [ch_names.index(n) for n in op.ch_names]
+
+
+def _proj_names(projs):
+    return "[" + ", ".join(f"{p['desc']}{' (active)' if p['active'] else ''}"
+                           for p in projs) + "]"
+
+
+def _check_proj_match(info, op):
+    """Refuse data whose projectors differ from the operator's.
+
+    As MNE's beamformers do (``_check_proj_match`` of
+    :mod:`mne.beamformer`): the projector the data's projectors make on
+    the operator's channels must be the one the operator was made with.
+    Whether a projector is already applied (active) does not matter (the
+    operator projects again, and projecting twice is projecting once).
+    Another projector set changes the whitener and the data subspace the
+    solver works in, so the estimate would be silently wrong.
+    """
+    proj, _, _ = make_projector(info["projs"], op.ch_names)
+    if np.allclose(proj, op.proj, rtol=0, atol=_PROJ_ATOL):
+        return
+
+    def touches(p):  # the projectors that act on the operator's channels
+        cols = set(p["data"]["col_names"])
+        return any(n in cols for n in op.ch_names)
+
+    data = [p for p in info["projs"] if touches(p)]
+    made = [p for p in op.projs if touches(p)]
+
+    def same(a, b):
+        return (a["desc"] == b["desc"]
+                and a["data"]["col_names"] == b["data"]["col_names"]
+                and np.allclose(a["data"]["data"], b["data"]["data"],
+                                rtol=0, atol=_PROJ_ATOL))
+
+    only_data = [p for p in data if not any(same(p, q) for q in made)]
+    only_op = [p for p in made if not any(same(p, q) for q in data)]
+    raise ValueError(
+        "The projectors of the data differ from those the operator was made "
+        f"with (data: {_proj_names(data)}; operator: {_proj_names(made)}; "
+        f"only in the data: {_proj_names(only_data)}; only in the operator: "
+        f"{_proj_names(only_op)}). The operator's whitener and "
+        "data subspace would not fit these data and the estimate would be "
+        "wrong. Make the operator from this data's info: "
+        "make_unfolded_sbl_operator(inst.info, fwd, noise_cov), or give the "
+        "data the operator's projectors (inst.add_proj / inst.del_proj).")
 
 
 def _prepare(inst, fwd, noise_cov, rank):
@@ -166,29 +292,55 @@ def _whitener_null_space(whitener):
 
 
 #: Networks of the bundled model names, loaded (and hash-checked) once per
-#: process by :func:`_network`; only this module uses them.
+#: process by :func:`_network` (key: model, learn_noise, n_layers) and their
+#: eval-mode copies per device and dtype (key + (device, dtype)). Nothing
+#: ever modifies a network in these caches: calls from several threads
+#: with different dtypes each get their own copy.
 _NETWORKS = {}
+_READY = {}
+_NETWORKS_LOCK = threading.Lock()
 
 
-def _network(model, learn_noise, n_layers):
-    """``load_model`` with a per-process cache for the bundled model names."""
-    if not (isinstance(model, str) and model in MODELS):
-        return load_model(model, learn_noise=learn_noise, n_layers=n_layers)
-    key = (model, bool(learn_noise), n_layers)
-    if key not in _NETWORKS:
-        _NETWORKS[key] = load_model(model, learn_noise=learn_noise,
-                                    n_layers=n_layers)
-    return _NETWORKS[key]
+def _network(model, learn_noise, n_layers, device, dtype):
+    """The network to run for ``model``, on ``device`` in ``dtype``, in eval
+    mode; neither a cached network nor the caller's is modified."""
+    dev, tdtype = torch.device(device), DTYPES[dtype]
+    if isinstance(model, str) and model in MODELS:
+        key = (model, bool(learn_noise), n_layers)
+        with _NETWORKS_LOCK:
+            if key not in _NETWORKS:
+                _NETWORKS[key] = load_model(model, learn_noise=learn_noise,
+                                            n_layers=n_layers)
+            ready_key = key + (str(dev), dtype)
+            if ready_key not in _READY:
+                _READY[ready_key] = _ready(_NETWORKS[key], dev, tdtype)
+            return _READY[ready_key]
+    net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
+    if net is model:
+        check_finite_parameters(net, "The network passed as model")
+    return _ready(net, dev, tdtype)
+
+
+def _same_device(have, want):
+    return have.type == want.type and (want.index is None
+                                       or have.index == want.index)
 
 
 def _ready(model, device, dtype):
-    """``model`` on ``device`` in ``dtype``, in eval mode (no-op if it is)."""
-    p = next(model.parameters(), None)
-    if p is not None and (p.dtype != dtype or p.device != device):
-        model = model.to(device=device, dtype=dtype)
-    if model.training:
-        model.eval()
-    return model
+    """``model`` on ``device`` in ``dtype``, in eval mode.
+
+    ``model`` itself if it already is (it is only read); otherwise a
+    converted copy: ``nn.Module.to`` and ``eval`` work in place, and the
+    caller's network (or a cached one shared by other threads) must stay
+    as it was.
+    """
+    tensors = list(model.parameters()) + list(model.buffers())
+    if not any(m.training for m in model.modules()) and all(
+            _same_device(t.device, device) and (t.dtype == dtype
+                                    or not t.is_floating_point())
+            for t in tensors):
+        return model
+    return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
 
 
 def _whitened_statistic(data, whitener):
@@ -206,16 +358,16 @@ def _whitened_statistic(data, whitener):
 
 def _run(model, gain, Cy, nave, learn_noise, device, dtype, null_space,
          whitener):
-    """Run ``model`` on the whitened statistics ``Cy`` (B, M, M).
+    """Run the ready network ``model`` on the whitened statistics ``Cy``.
 
     Returns the posterior kernels ``K W_h`` (B, N, M) of the data as
     recorded (whitener ``W_h`` folded in: posterior mean ``K W_h @ data``),
-    the learned whitened noise variances (B, M), both float64 numpy, and
-    the network output.
+    the learned whitened noise variances (B, M), both float64 numpy, the
+    fraction of the whitened data power the sources carry (B,; about 0
+    when every source was pruned) and the network output.
     """
     dev = torch.device(device)
     tdtype = DTYPES[dtype]
-    model = _ready(model, dev, tdtype)
     L = torch.as_tensor(gain, dtype=tdtype, device=dev)
     noise_var = None
     if not learn_noise:
@@ -228,8 +380,105 @@ def _run(model, gain, Cy, nave, learn_noise, device, dtype, null_space,
                     null_space=null_space)
         K = out.posterior_kernel() @ torch.as_tensor(whitener, dtype=tdtype,
                                                      device=dev)
+    # trace(L diag(gamma) L^T) / trace(C_y): the share of the data power
+    # the source model holds (O(M N), without forming L Gamma L^T)
+    gamma = out.gamma.to(torch.float64).cpu().numpy()
+    source_power = gamma @ (np.asarray(gain, np.float64) ** 2).sum(0)
+    data_power = np.trace(Cy, axis1=-2, axis2=-1)
+    share = source_power / np.maximum(data_power, np.finfo(float).tiny)
     return (K.to(torch.float64).cpu().numpy(),
-            out.lam.to(torch.float64).cpu().numpy(), out)
+            out.lam.to(torch.float64).cpu().numpy(), share, out)
+
+
+def _noise_levels(Cy, n_dims, nave):
+    """Whitened data power per data dimension over the known whitened noise
+    variance ``1 / nave`` (B,)."""
+    return np.trace(Cy, axis1=-2, axis2=-1) / n_dims * nave
+
+
+def _weak_threshold(dof):
+    """Below this ratio of data power to known noise, the noise level is
+    wrong: white noise of that level gives less power than this with
+    probability < 1e-6 (chi-square with ``dof`` degrees of freedom), capped
+    at :data:`_WEAK_RATIO` for noise correlated in time (fewer effective
+    degrees of freedom)."""
+    from scipy.stats import chi2
+
+    return min(_WEAK_RATIO, float(chi2.ppf(1e-6, dof)) / dof)
+
+
+def _known_noise_advice(nave, epochs):
+    what = ("single-trial noise (variance 1 after whitening)" if epochs
+            else f"noise of an average of nave={nave:g} trials (variance "
+            f"1/nave = {1 / nave:.3g} after whitening)")
+    causes = [] if epochs else [
+        "a wrong evoked.nave: mne.EvokedArray defaults to nave=1; set "
+        "evoked.nave to the number of averaged trials (the single-trial "
+        "covariance is scaled by 1/nave)"]
+    causes.append(
+        "a noise covariance in other units than the data: EEG data in V "
+        "need a covariance in V² (one in µV² is 1e12 times too large); "
+        "estimate it from the same data with mne.compute_covariance")
+    listed = "; ".join(f"({k}) {c}" for k, c in enumerate(causes, 1))
+    return (f"The known noise is the {what}. Usual causes: {listed}. Or use "
+            "learn_noise=True, which learns the noise level from the data.")
+
+
+def _check_known_noise(ratio, dof, nave, epochs):
+    """Refuse known noise far above the data power (``learn_noise=False``).
+
+    Raise rather than warn: data weaker than the noise model's own noise
+    cannot come from that model (see :func:`_weak_threshold`), the estimate
+    would be an all-zero map in valid-looking A·m units, and the cause is
+    always the call (nave, covariance units), fixed by the caller in one
+    line. Data *at* the noise level (a baseline window, a condition without
+    a response) are possible: those only warn, after the run
+    (:func:`_warn_empty`). For epochs, the call is refused only when the
+    typical (median) epoch is that weak; single weak epochs are named in
+    the warning.
+    """
+    level = float(np.median(ratio))
+    if level < _weak_threshold(dof):
+        which = "the median epoch's" if epochs else "the"
+        raise ValueError(
+            f"learn_noise=False: {which} whitened data power is "
+            f"{level:.3g} times the known noise variance, which "
+            "cannot be: the known noise alone would carry more power than "
+            "the data, the solver would explain everything as noise and "
+            "return a map of ~0 A·m. " + _known_noise_advice(nave, epochs))
+
+
+def _warn_empty(ratio, share, dof, nave, learn_noise, epochs):
+    """Warn when the known noise explains the data or every source was
+    pruned (the map is, or is nearly, zero)."""
+    near = np.logical_and(not learn_noise,
+                          ratio <= 1 + 3 * np.sqrt(2.0 / dof))
+    empty = share < _PRUNED_RTOL
+    if not (near.any() or empty.any()):
+        return
+    if epochs:
+        idx = np.flatnonzero(near | empty)
+        warn(f"{len(idx)} of {len(ratio)} epochs have (nearly) empty source "
+             f"maps (epoch indices {idx[:10].tolist()}"
+             f"{' ...' if len(idx) > 10 else ''}): "
+             + ("their data power is at or below the known noise level."
+                if not learn_noise else "every source was pruned, the "
+                "model explains their data as noise.")
+             + (" " + _known_noise_advice(nave, epochs)
+                if not learn_noise else ""))
+        return
+    if not learn_noise and near[0]:
+        warn(f"learn_noise=False: the whitened data power is only "
+             f"{ratio[0]:.3g} times the known noise variance (nave="
+             f"{nave:g}): the data are indistinguishable from noise at this "
+             "noise level, and the source map is (nearly) empty"
+             f"{' (every source pruned)' if empty[0] else ''}. If the data "
+             "hold a response, the noise level is wrong. "
+             + _known_noise_advice(nave, epochs))
+    else:
+        warn("Every source was pruned: the model explains the data as noise "
+             "and the source map is (nearly) zero. Check that the data hold "
+             "a response in this time window, and the noise covariance.")
 
 
 def _noise_covariance(lam_w, whitener, ch_names, nfree):
@@ -245,14 +494,20 @@ def _make_stc(kernel, sens_data, fwd, tmin, tstep):
     """A SourceEstimate in MNE's low-rank form ``(kernel, sens_data)``.
 
     ``stc.data`` is ``kernel @ sens_data``, computed by MNE on first access:
-    the solver's cost does not grow with the number of time samples.
+    the solver's cost does not grow with the number of time samples (nor
+    does ``repr(stc)``'s, see :class:`_KernelSourceEstimate`).
     """
     vertices = [s["vertno"] for s in fwd["src"]]
-    return mne.SourceEstimate((kernel, sens_data), vertices, tmin=tmin,
-                              tstep=tstep, subject=fwd["src"]._subject)
+    return _KernelSourceEstimate((kernel, sens_data), vertices, tmin=tmin,
+                                 tstep=tstep, subject=fwd["src"]._subject)
+
+
+def _data_dims(gain, null):
+    return gain.shape[0] - (0 if null is None else null.rank)
 
 
 @verbose
+@fill_doc
 def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
                        learn_noise=True, n_layers=None, return_residual=False,
                        return_noise_cov=False, rank=None, device="cpu",
@@ -267,42 +522,23 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
         and any other projector remove sensor directions from the data; the
         solver works in the remaining subspace (without that, learning the
         noise jointly would be ill-posed: the noise variance along the
-        reference direction would shrink towards zero).
-    fwd : instance of mne.Forward | UnfoldedSBLOperator
-        EEG forward solution on a surface source space; free or loose
-        orientation forwards are converted to fixed orientation normal to
-        the cortex. Or an operator from :func:`make_unfolded_sbl_operator`
-        (then ``noise_cov=None``), which skips the preparation (picking,
-        orientation, whitening) on repeated calls.
-    noise_cov : instance of mne.Covariance | None
-        Noise covariance of single trials (as for
-        :func:`mne.minimum_norm.make_inverse_operator`), used to whiten;
-        with ``learn_noise=False`` it is the known noise, scaled by
-        ``1 / evoked.nave``. None only with an operator.
-    model : str | instance of UnfoldedSBL | path-like
-        ``"cb"`` (classical convex bounding), ``"bias-cb"``,
-        ``"deep-cb"`` or ``"deep-attn-cb"`` (bundled pretrained weights),
-        a network, or the path of a weights file written by the training
-        CLI.
-    learn_noise : bool
-        If True (default), learn the sensor-wise noise variances jointly
-        with the source variances; else keep the whitened noise fixed.
-    n_layers : int | None
-        Number of unfolded layers (iterations). None uses the model's
-        depth (25). Only the classical ``"cb"`` accepts another depth.
+        reference direction would shrink towards zero). ``evoked.nave``
+        (the number of averaged trials, > 0) scales the known noise of
+        ``learn_noise=False``.
+    %(fwd_or_operator)s
+    %(noise_cov)s
+    %(model)s
+    %(learn_noise)s
+    %(n_layers)s
     return_residual : bool
         Also return the residual (data minus fit) as an Evoked.
     return_noise_cov : bool
         Also return the learned sensor noise as a diagonal
         :class:`mne.Covariance` in the data's units (only with
         ``learn_noise=True``). Large values flag noisy channels.
-    rank : None | dict | 'info' | 'full'
-        Rank of the noise covariance, as in MNE.
-    device : str
-        Torch device, e.g. ``"cpu"`` or ``"cuda"``.
-    dtype : "float32" | "float64"
-        Working precision of the large products (the small ``M x M``
-        factorisations always run in float64).
+    %(rank)s
+    %(device)s
+    %(dtype)s
     %(verbose)s
 
     Returns
@@ -317,30 +553,51 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
         Only if ``return_residual``.
     noise_cov_learned : instance of mne.Covariance
         Only if ``return_noise_cov``.
+
+    Warns
+    -----
+    RuntimeWarning
+        If the map is (nearly) empty: every source pruned, or, with
+        ``learn_noise=False``, data at the known noise level.
+
+    Notes
+    -----
+    With ``learn_noise=False``, data whose power is far below the known
+    noise (``1 / nave`` per whitened channel) are refused with a
+    ValueError: the usual causes are a wrong ``evoked.nave`` or a noise
+    covariance in other units than the data.
     """
     _validate_type(evoked, mne.Evoked, "evoked")
     _validate_type(learn_noise, bool, "learn_noise")
+    n_layers = check_n_layers(n_layers)
+    check_nave(evoked.nave)
     check_device(device)
     check_dtype(dtype)
     if return_noise_cov and not learn_noise:
         raise ValueError("return_noise_cov=True needs learn_noise=True: with "
                          "known noise nothing is learned about the sensors.")
     check_data_finite(evoked.data, "evoked")
-    net = _network(model, learn_noise, n_layers)
     fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
         evoked, fwd, noise_cov, rank)
     sens_data = evoked.data[sel]
+    Cy = _whitened_statistic(sens_data, whitener)
+    dof = _data_dims(gain, null) * sens_data.shape[1]
+    ratio = _noise_levels(Cy, _data_dims(gain, null), evoked.nave)
+    if not learn_noise:
+        _check_known_noise(ratio, dof, evoked.nave, epochs=False)
+    net = _network(model, learn_noise, n_layers, device, dtype)
     logger.info(f"Running {net.model} ({net.n_layers} layers, "
                 f"{'joint gamma/lambda' if learn_noise else 'known noise'}) "
                 f"on {len(sel)} channels x {gain.shape[1]} sources")
-    K, lam, _ = _run(net, gain, _whitened_statistic(sens_data, whitener),
-                     evoked.nave, learn_noise, device, dtype, null, whitener)
+    K, lam, share, _ = _run(net, gain, Cy, evoked.nave, learn_noise, device,
+                            dtype, null, whitener)
+    _warn_empty(ratio, share, dof, evoked.nave, learn_noise, epochs=False)
     # the kernel of the data as recorded: whitening folded in, as in MNE
     stc = _make_stc(K[0], sens_data, fwd_fixed, evoked.times[0],
                     1.0 / evoked.info["sfreq"])
     out = [stc]
     if return_residual:
-        out.append(_compute_residual(fwd_fixed, evoked, stc.data,
+        out.append(_compute_residual(fwd_fixed, evoked, K[0] @ sens_data,
                                      np.arange(stc.shape[0]), gain_info))
     if return_noise_cov:
         out.append(_noise_covariance(lam[0], whitener, gain_info["ch_names"],
@@ -349,6 +606,7 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
 
 
 @verbose
+@fill_doc
 def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
                               learn_noise=True, n_layers=None,
                               return_noise_cov=False, rank=None, device="cpu",
@@ -356,16 +614,30 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
     """Localise every epoch (single trials) in batched passes.
 
     All epochs go through the network together (in chunks of
-    ``batch_size``), without a Python loop over epochs. Parameters are as
-    in :func:`apply_unfolded_sbl`; with ``learn_noise=False`` the whitened
-    single-trial noise variance is 1.
+    ``batch_size``), without a Python loop over epochs. With
+    ``learn_noise=False`` the whitened single-trial noise variance is 1.
 
     Parameters
     ----------
+    epochs : instance of mne.BaseEpochs
+        EEG epochs with an average-reference projector, free of NaN/Inf
+        (the error names the epochs to drop).
+    %(fwd_or_operator)s
+    %(noise_cov)s
+    %(model)s
+    %(learn_noise)s
+    %(n_layers)s
+    return_noise_cov : bool
+        Also return the learned noise of every epoch (only with
+        ``learn_noise=True``).
+    %(rank)s
+    %(device)s
+    %(dtype)s
     batch_size : int | None
         Epochs per pass. None: 32 on the CPU (larger batches leave the
         caches and run slower per epoch, see the speed benchmark) and 1024
         on a GPU.
+    %(verbose)s
 
     Returns
     -------
@@ -373,33 +645,46 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
         One per epoch.
     noise_covs : list of mne.Covariance
         Only if ``return_noise_cov``: the learned noise of each epoch.
+
+    Warns
+    -----
+    RuntimeWarning
+        Naming the epochs whose maps are (nearly) empty.
     """
     _validate_type(epochs, mne.BaseEpochs, "epochs")
     _validate_type(learn_noise, bool, "learn_noise")
+    n_layers = check_n_layers(n_layers)
     check_device(device)
     check_dtype(dtype)
     if return_noise_cov and not learn_noise:
         raise ValueError("return_noise_cov=True needs learn_noise=True.")
-    net = _network(model, learn_noise, n_layers)
-    fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
-        epochs, fwd, noise_cov, rank)
     if batch_size is None:
         batch_size = 32 if torch.device(device).type == "cpu" else 1024
     _validate_type(batch_size, "int-like", "batch_size")
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
+        epochs, fwd, noise_cov, rank)
     data = epochs.get_data(picks=[epochs.ch_names[i] for i in sel])
     check_data_finite(data, "epochs")
     Cy = _whitened_statistic(data, whitener)
+    dof = _data_dims(gain, null) * data.shape[-1]
+    ratio = _noise_levels(Cy, _data_dims(gain, null), 1)
+    if not learn_noise:
+        _check_known_noise(ratio, dof, 1, epochs=True)
+    net = _network(model, learn_noise, n_layers, device, dtype)
     logger.info(f"Running {net.model} on {len(data)} epochs")
-    Ks, lams = [], []
+    Ks, lams, shares = [], [], []
     for start in range(0, len(data), batch_size):
-        K, lam, _ = _run(net, gain, Cy[start:start + batch_size], 1,
-                         learn_noise, device, dtype, null, whitener)
+        K, lam, share, _ = _run(net, gain, Cy[start:start + batch_size], 1,
+                                learn_noise, device, dtype, null, whitener)
         Ks.append(K)
         lams.append(lam)
+        shares.append(share)
     K, lam = np.concatenate(Ks), np.concatenate(lams)
+    _warn_empty(ratio, np.concatenate(shares), dof, 1, learn_noise,
+                epochs=True)
     tstep = 1.0 / epochs.info["sfreq"]
     stcs = [_make_stc(k, d, fwd_fixed, epochs.times[0], tstep)
             for k, d in zip(K, data)]
@@ -411,6 +696,7 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
 
 
 @verbose
+@fill_doc
 def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
                             learn_noise=True, n_layers=None, rank=None,
                             keep_deltas=False, return_sources=False,
@@ -426,18 +712,14 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
     ----------
     evoked : instance of mne.Evoked
         As in :func:`apply_unfolded_sbl`.
-    fwd : instance of mne.Forward | UnfoldedSBLOperator
-        As in :func:`apply_unfolded_sbl`.
-    noise_cov : instance of mne.Covariance | None
-        As in :func:`apply_unfolded_sbl`.
-    model : str | UnfoldedSBL | path-like
-        Model (falls back to ``"cb"`` without weights, see ``note``).
-    learn_noise : bool
-        Joint noise learning.
-    n_layers : int | None
-        Depth (``"cb"`` only).
-    rank : None | dict | str
-        Noise-covariance rank, as in MNE.
+    %(fwd_or_operator)s
+    %(noise_cov)s
+    %(model)s
+        A bundled model name without weights falls back to ``"cb"``, with
+        a warning and ``note``.
+    %(learn_noise)s
+    %(n_layers)s
+    %(rank)s
     keep_deltas : bool
         Keep the per-layer correction vectors (``delta_source``,
         ``delta_noise``: lists of 1-D arrays, None where a layer has none).
@@ -458,9 +740,14 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
     """
     _validate_type(evoked, mne.Evoked, "evoked")
     _validate_type(learn_noise, bool, "learn_noise")
-    net, name, note = resolve_model(model, learn_noise, n_layers)
-    net = _ready(net, torch.device("cpu"), torch.float64)
+    n_layers = check_n_layers(n_layers)
+    check_nave(evoked.nave)
+    check_data_finite(evoked.data, "evoked")
     op, sel = _operator_for(evoked, fwd, noise_cov, rank)
+    net, name, note = resolve_model(model, learn_noise, n_layers)
+    if net is model:
+        check_finite_parameters(net, "The network passed as model")
+    net = _ready(net, torch.device("cpu"), torch.float64)
     null = op.null_space
     L = torch.as_tensor(op.gain, dtype=torch.float64)
     Y = torch.as_tensor((op.whitener @ evoked.data[sel])[None],
@@ -468,6 +755,9 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
     Cy = covariance_statistic(Y)
     noise_var = None
     if not learn_noise:
+        n_dims = _data_dims(op.gain, null)
+        _check_known_noise(_noise_levels(Cy.numpy(), n_dims, evoked.nave),
+                           n_dims * Y.shape[-1], evoked.nave, epochs=False)
         noise_var = torch.full((L.shape[0],), 1.0 / evoked.nave,
                                dtype=torch.float64)
     with torch.no_grad():

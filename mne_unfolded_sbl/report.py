@@ -17,7 +17,9 @@ noise (topomap and the noisiest channels), and the per-layer convergence of
 the unfolded solver (Type-II cost, change of the source variances, and for
 learned models the mean magnitude of the corrections).
 
-Smaller helpers are public too: :func:`compute_estimate`,
+Every method is an entry of the registry :mod:`mne_unfolded_sbl.methods`,
+which the benchmark uses too: a name means the same solver with the same
+settings in both. Smaller helpers are public too: :func:`compute_estimate`,
 :func:`peak_sources`, :func:`peak_table_html`, :func:`metrics_table`. The
 per-layer results come from the public
 :func:`mne_unfolded_sbl.unfolded_sbl_trajectory`.
@@ -27,24 +29,23 @@ per-layer results come from the public
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import time as _time
-from pathlib import Path
 
 import numpy as np
 import mne
 from mne.io.constants import FIFF
-from mne.utils import _validate_type, logger, verbose, warn
+from mne.utils import _validate_type, logger, verbose
 
+from . import unfolded_sbl_trajectory
+from ._docs import fill_doc
 from .core.metrics import evaluate, local_maxima, source_neighbors
-from .core.network import MODEL_LABELS, model_label
-from .core.weights import resolve_model
-from .inverse import apply_unfolded_sbl, unfolded_sbl_trajectory
+from .methods import MinimumNorm, expand_stc, get_method, unfolded_method
 
 __all__ = [
     "compute_estimate",
     "source_positions_mri",
-    "expand_stc",
     "peak_sources",
     "peak_table_html",
     "metrics_table",
@@ -52,29 +53,8 @@ __all__ = [
     "add_unfolded_sbl_to_report",
 ]
 
-#: Linear (minimum-norm family) comparison methods, MNE's names.
-_MNE_METHODS = {"sloreta": "sLORETA", "dspm": "dSPM", "mne": "MNE",
-                "eloreta": "eLORETA"}
-_SPARSE_METHODS = {"gamma-map": "MNE gamma_map"}
-
-
-def expand_stc(stc, fwd):
-    """Return ``stc`` on every source of ``fwd`` (missing sources are zero)."""
-    vertices = [s["vertno"] for s in fwd["src"]]
-    if all(np.array_equal(a, b) for a, b in zip(stc.vertices, vertices)):
-        return stc
-    data = np.zeros((sum(len(v) for v in vertices), stc.data.shape[1]))
-    offset = 0
-    for h, (verts_full, verts) in enumerate(zip(vertices, stc.vertices)):
-        rows = np.searchsorted(verts_full, verts)
-        if np.any(verts_full[np.minimum(rows, len(verts_full) - 1)] != verts):
-            raise ValueError("The source estimate has vertices that are not "
-                             "in the forward solution.")
-        src_rows = np.arange(len(verts)) + (len(stc.vertices[0]) if h else 0)
-        data[offset + rows] = stc.data[src_rows]
-        offset += len(verts_full)
-    return mne.SourceEstimate(data, vertices, tmin=stc.tmin, tstep=stc.tstep,
-                              subject=stc.subject)
+# ``expand_stc`` (imported above) is kept importable from here; its home is
+# :mod:`mne_unfolded_sbl.methods`.
 
 
 def source_positions_mri(fwd):
@@ -90,34 +70,25 @@ def source_positions_mri(fwd):
 
 
 @verbose
+@fill_doc
 def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
                      n_layers=None, lambda2=None, verbose=None):
-    """Localise ``evoked`` with one method.
+    """Localise ``evoked`` with one method of the registry.
 
     Parameters
     ----------
-    evoked : mne.Evoked
-        EEG evoked response with an average-reference projector.
-    fwd : mne.Forward
-        Forward solution (fixed orientation is used).
-    noise_cov : mne.Covariance
-        Noise covariance.
-    method : str | UnfoldedSBL | path-like
-        ``"cb"``, ``"bias-cb"``, ``"deep-cb"``, ``"deep-attn-cb"`` (unfolded
-        SBL; learned models fall back to ``"cb"`` without weights), a
-        network or weights file, ``"sloreta"``, ``"dspm"``, ``"mne"``,
-        ``"eloreta"`` (:mod:`mne.minimum_norm`, fixed orientation; depth
-        weighting 0.8 for free-orientation forwards, none for fixed ones) or ``"gamma-map"``
-        (:func:`mne.inverse_sparse.gamma_map`, convex-bounding updates,
-        known noise).
-    learn_noise : bool
-        Joint noise learning for the unfolded models.
-    n_layers : int | None
-        Depth of the unfolded model.
+    %(report_evoked)s
+    %(report_fwd)s
+    %(report_noise_cov)s
+    method : str | UnfoldedSBL | path-like | ComparisonMethod
+        %(report_method)s
+    %(learn_noise)s
+        Unfolded models only.
+    %(n_layers)s
     lambda2 : float | None
-        Regularisation of the minimum-norm methods; None uses ``1 / 9``
-        (SNR = 3, MNE's usual choice for evoked data; use ``1.`` for single
-        trials).
+        Regularisation of the minimum-norm methods; None uses
+        :data:`mne_unfolded_sbl.methods.LAMBDA2` (``1 / 9``: SNR = 3, MNE's
+        usual choice for evoked data; use ``1.`` for single trials).
     %(verbose)s
 
     Returns
@@ -127,49 +98,22 @@ def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
         actually used), ``seconds``, ``note`` (fallback message or None),
         ``noise_cov`` (learned, unfolded joint models only), ``unit``
         (``"A·m"`` or ``"a.u."``).
-    """
-    key = method.lower() if isinstance(method, str) else method
-    res = dict(note=None, noise_cov=None, unit="A·m")
-    t0 = _time.perf_counter()
-    if isinstance(key, str) and key in _MNE_METHODS:
-        # MNE's depth weighting needs a free-orientation forward; the
-        # template forwards are fixed, and sLORETA/dSPM normalise depth anyway
-        fixed_fwd = fwd["source_ori"] == mne.io.constants.FIFF.FIFFV_MNE_FIXED_ORI
-        inv = mne.minimum_norm.make_inverse_operator(
-            evoked.info, fwd, noise_cov, loose=0.0, fixed=True,
-            depth=None if fixed_fwd else 0.8, verbose=False)
-        lam2 = 1.0 / 9.0 if lambda2 is None else float(lambda2)
-        stc = mne.minimum_norm.apply_inverse(
-            evoked, inv, lam2, method=_MNE_METHODS[key], verbose=False)
-        res.update(stc=expand_stc(stc, fwd), label=_MNE_METHODS[key], name=key,
-                   unit="a.u." if key in ("sloreta", "dspm") else "A·m")
-    elif isinstance(key, str) and key in _SPARSE_METHODS:
-        from mne.inverse_sparse import gamma_map
 
-        stc = gamma_map(evoked, fwd, noise_cov, alpha=1.0 / evoked.nave,
-                        loose=0.0, depth=None, update_mode=2, maxit=100,
-                        tol=1e-6, pca=False, verbose=False)
-        res.update(stc=expand_stc(stc, fwd), label=_SPARSE_METHODS[key],
-                   name=key)
-    else:
-        net, name, note = resolve_model(method, learn_noise, n_layers)
-        out = apply_unfolded_sbl(evoked, fwd, noise_cov, model=net,
-                                 learn_noise=learn_noise,
-                                 return_noise_cov=learn_noise, verbose=False)
-        stc, cov = (out if learn_noise else (out, None))
-        label = model_label(name, learn_noise)
-        if not (isinstance(method, str) and method in MODEL_LABELS):
-            src = (Path(method).name if isinstance(method, (str, Path))
-                   else "custom network")
-            label += f" [{src}, {net.n_layers} layers]"
-        if note is not None:
-            label = (f"{model_label('cb', learn_noise)} "
-                     f"[fallback for {MODEL_LABELS.get(str(method), method)}]")
-        res.update(stc=stc, label=label, name=name, note=note, noise_cov=cov)
+    Raises
+    ------
+    ValueError
+        For an unknown method name (the message lists the valid ones).
+    """
+    spec = get_method(method, learn_noise=learn_noise, n_layers=n_layers)
+    if lambda2 is not None and isinstance(spec, MinimumNorm):
+        spec = dataclasses.replace(spec, lambda2=float(lambda2))
+    t0 = _time.perf_counter()
+    res = spec.estimate(evoked, fwd, noise_cov)
     res["seconds"] = _time.perf_counter() - t0
     return res
 
 
+@fill_doc
 def peak_sources(stc, fwd, *, n=5, threshold=0.1):
     """Strongest local maxima of the peak-amplitude map of an estimate.
 
@@ -177,8 +121,7 @@ def peak_sources(stc, fwd, *, n=5, threshold=0.1):
     ----------
     stc : mne.SourceEstimate
         Estimate (on the sources of ``fwd`` or a subset).
-    fwd : mne.Forward
-        Forward solution (source positions and neighbourhoods).
+    %(report_fwd)s
     n : int
         Number of peaks.
     threshold : float
@@ -232,6 +175,7 @@ def peak_table_html(peaks, *, unit="A·m", caption=None):
             f"<thead>{head}</thead><tbody>{body}</tbody></table>")
 
 
+@fill_doc
 def metrics_table(stc_true, results, fwd):
     """Paper metrics (appendix B.3) of several estimates against the truth.
 
@@ -241,8 +185,7 @@ def metrics_table(stc_true, results, fwd):
         Ground truth.
     results : dict of str -> dict
         :func:`compute_estimate` outputs by key.
-    fwd : mne.Forward
-        Source positions.
+    %(report_fwd)s
 
     Returns
     -------
@@ -305,18 +248,71 @@ def _plot_time(evoked, time):
     return time
 
 
-def _brain_images(items, subjects_dir, time, backend, stc_true):
-    """Render each estimate; return the vertically stacked image and backend."""
+def _run_estimates(evoked, fwd, noise_cov, model, compare, learn_noise):
+    """The unfolded model (key ``"unfolded"``) and the comparison methods.
+
+    A comparison method that names what the model already ran (``"cb"``
+    after the fallback) is skipped.
+    """
+    estimates = {"unfolded": compute_estimate(
+        evoked, fwd, noise_cov, model, learn_noise=learn_noise, verbose=False)}
+    used = estimates["unfolded"]["name"]
+    for meth in compare:
+        key = str(meth).lower()
+        if key == used:
+            continue  # e.g. "cb" after the fallback: already there
+        estimates[key] = compute_estimate(evoked, fwd, noise_cov, meth,
+                                          learn_noise=learn_noise,
+                                          verbose=False)
+    return estimates
+
+
+def _add_summary(report, evoked, fwd, estimates, kw):
+    """Methods run, data size, the fallback note and the run times."""
+    unfolded = estimates["unfolded"]
+    others = ", ".join(r["label"] for k, r in estimates.items()
+                       if k != "unfolded") or "none"
+    lines = [f"<p><b>Unfolded SBL model run:</b> "
+             f"{html.escape(unfolded['label'])}; "
+             f"comparison: {html.escape(others)}.</p>",
+             f"<p>{len(evoked.ch_names)} channels, {evoked.data.shape[1]} "
+             f"samples ({evoked.times[0] * 1e3:.0f} to "
+             f"{evoked.times[-1] * 1e3:.0f} ms), nave = {evoked.nave}; "
+             f"{fwd['nsource']} sources.</p>"]
+    if unfolded["note"]:
+        lines.insert(0, "<div class='alert alert-warning'><b>Note:</b> "
+                     f"{html.escape(unfolded['note'])}</div>")
+    lines.append("<p>Run times (s): " + ", ".join(
+        f"{html.escape(r['label'])}: {r['seconds']:.2f}"
+        for r in estimates.values()) + "</p>")
+    report.add_html("".join(lines), title="Summary", **kw)
+
+
+def _add_metrics(report, stc_true, estimates, fwd, kw):
+    """The metrics table against the ground truth; return its rows."""
+    rows = metrics_table(stc_true, estimates, fwd)
+    report.add_html(_metrics_html(rows),
+                    title="Metrics against the ground truth", **kw)
+    return rows
+
+
+def _brain_entries(estimates, stc_true):
+    """``(label, stc)`` of every brain picture, the ground truth first."""
+    truth = ([("Ground truth (simulated)", stc_true)] if stc_true is not None
+             else [])
+    return truth + [(r["label"], r["stc"]) for r in estimates.values()]
+
+
+def _render_brains(entries, subjects_dir, time, backend):
+    """Render each estimate; return the images (same width) and backend."""
     import matplotlib.pyplot as plt
 
     from .viz import figure_to_array, plot_source_estimate
 
     images, used = [], None
-    entries = ([("Ground truth (simulated)", stc_true)] if stc_true is not None
-               else []) + items
     for label, stc in entries:
-        fig = plot_source_estimate(stc, subjects_dir, time=time, backend=backend,
-                                   title=label)
+        fig = plot_source_estimate(stc, subjects_dir, time=time,
+                                   backend=backend, title=label)
         used = fig._mus_backend
         images.append(figure_to_array(fig))
         plt.close(fig)
@@ -326,7 +322,124 @@ def _brain_images(items, subjects_dir, time, backend, stc_true):
     return images, used
 
 
+def _add_brains(report, estimates, stc_true, subjects_dir, time, backend, kw):
+    """One brain picture per estimate; return the renderer used."""
+    entries = _brain_entries(estimates, stc_true)
+    images, backend_used = _render_brains(entries, subjects_dir, time,
+                                          backend)
+    when = ("temporal RMS amplitude" if isinstance(time, str)
+            else f"t = {time * 1e3:.0f} ms")
+    for (label, _), img in zip(entries, images):
+        report.add_figure(img, title=f"Brain: {label}",
+                          caption=f"|source amplitude| at {when}; each map "
+                          "has its own colour scale (95th percentile / 10 % "
+                          "of the maximum to the maximum). Rendered with "
+                          f"{backend_used}.", **kw)
+    return backend_used
+
+
+def _add_peak_table(report, estimates, stc_true, fwd, n_peaks, kw):
+    """Tables of the strongest peaks; return the peaks by key."""
+    peaks = {k: peak_sources(r["stc"], fwd, n=n_peaks)
+             for k, r in estimates.items()}
+    tables = [peak_table_html(peaks[k], unit=r["unit"], caption=r["label"])
+              for k, r in estimates.items()]
+    if stc_true is not None:
+        peaks["truth"] = peak_sources(stc_true, fwd, n=n_peaks)
+        tables.insert(0, peak_table_html(peaks["truth"],
+                                         caption="Ground truth"))
+    report.add_html(
+        "<p>Strongest local maxima of each estimate's peak-amplitude map "
+        "(positions in fsaverage MRI coordinates ≈ MNI305, mm).</p>"
+        + "".join(tables), title="Peak sources", **kw)
+    return peaks
+
+
+def _add_time_courses(report, estimates, peaks, stc_true, kw):
+    """Time courses of every estimate at the three strongest reference
+    peaks (the true ones in simulations, else the unfolded model's)."""
+    import matplotlib.pyplot as plt
+
+    from .viz import plot_time_courses
+
+    if stc_true is not None:
+        ref, ref_name = peaks["truth"], "true"
+    else:
+        ref, ref_name = peaks["unfolded"], estimates["unfolded"]["label"]
+    verts = [(p["hemi_idx"], p["vertex"],
+              f"{p['hemi']} vertex {p['vertex']} "
+              f"({', '.join(f'{c:.0f}' for c in p['pos_mm'])} mm)")
+             for p in ref[:3]]
+    if not verts:
+        return
+    fig = plot_time_courses({r["label"]: r["stc"] for r in estimates.values()},
+                            verts, stc_true=stc_true,
+                            title=f"Time courses at the {ref_name} peak sources")
+    report.add_figure(fig, title="Time courses at the peak sources",
+                      caption="Unit-free (noise-normalised) estimates are "
+                      "drawn dashed on the right axis.", **kw)
+    plt.close(fig)
+
+
+def _cov_std(cov, names):
+    """Noise standard deviation of ``cov`` on the channels ``names``."""
+    var = np.asarray(cov["data"]).ravel() if cov["diag"] else np.diag(cov["data"])
+    return np.sqrt(var[[cov["names"].index(c) for c in names]])
+
+
+def _add_learned_noise(report, evoked, cov, true_noise_cov, kw):
+    """Topomap of the learned noise (vs the truth) and the noisiest channels."""
+    import matplotlib.pyplot as plt
+
+    from .viz import plot_noise_topomap, plot_noisiest_channels
+
+    names = cov["names"]
+    std = _cov_std(cov, names)
+    info = mne.pick_info(evoked.info, [evoked.ch_names.index(c) for c in names])
+    std_true = (None if true_noise_cov is None
+                else _cov_std(true_noise_cov, names))
+    fig = plot_noise_topomap(info, std, std_true=std_true)
+    report.add_figure(fig, title="Learned noise (topomap)",
+                      caption="Sensor noise standard deviation learned "
+                      "jointly with the sources (diagonal λ mapped back "
+                      "through the whitener).", **kw)
+    plt.close(fig)
+    fig = plot_noisiest_channels(names, std)
+    report.add_figure(fig, title="Learned noise (noisiest channels)", **kw)
+    plt.close(fig)
+
+
+def _add_convergence(report, evoked, fwd, noise_cov, model, estimates,
+                     learn_noise, kw):
+    """Per-layer convergence of the model run (and of the classical solver
+    next to a learned one); return the trajectories by label."""
+    import matplotlib.pyplot as plt
+
+    from .viz import plot_convergence
+
+    unfolded = estimates["unfolded"]
+    learned = unfolded["name"] != "cb"
+    trajectories = {unfolded["label"]: unfolded_sbl_trajectory(
+        evoked, fwd, noise_cov, model if unfolded["note"] is None else "cb",
+        learn_noise=learn_noise, verbose=False)}
+    if learned:
+        trajectories[unfolded_method("cb", learn_noise).label] = \
+            unfolded_sbl_trajectory(evoked, fwd, noise_cov, "cb",
+                                    learn_noise=learn_noise, verbose=False)
+    fig = plot_convergence(trajectories)
+    cap = ("Per layer (= iteration) of the unfolded solver: Type-II cost "
+           "at the layer's input, relative change of the source "
+           "variances γ")
+    cap += (", and the mean |correction| the learned modules add in the "
+            "log domain." if learned else
+            ". The classical solver has no learned corrections.")
+    report.add_figure(fig, title="Convergence per layer", caption=cap, **kw)
+    plt.close(fig)
+    return trajectories
+
+
 @verbose
+@fill_doc
 def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
                                model="deep-cb", compare=("sloreta",),
                                learn_noise=True, subjects_dir=None,
@@ -340,24 +453,23 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
     ----------
     report : mne.Report
         The report to add to.
-    evoked : mne.Evoked
-        EEG evoked response (average-reference projector set).
-    fwd : mne.Forward
-        Forward solution on a surface source space (fsaverage for the
-        brain pictures unless ``subjects_dir`` holds the subject).
-    noise_cov : mne.Covariance
-        Noise covariance (whitening; known noise for ``learn_noise=False``).
+    %(report_evoked)s
+    %(report_fwd)s
+        Brain pictures are drawn on fsaverage unless ``subjects_dir``
+        holds the subject.
+    %(report_noise_cov)s
     model : str | UnfoldedSBL | path-like
         Unfolded model. ``"deep-cb"`` etc. fall back to the classical
         ``"cb"`` (with a note in the report) when no pretrained weights are
         available.
     compare : tuple of str
-        Comparison methods: ``"cb"`` (classical convex bounding), other
-        unfolded models, ``"sloreta"``, ``"dspm"``, ``"mne"``, ``"eloreta"``,
-        ``"gamma-map"`` (see :func:`compute_estimate`). ``"cb"`` is skipped
-        when ``model`` itself fell back to it.
-    learn_noise : bool
-        Joint (γ, λ) learning for the unfolded models.
+        Comparison methods, names of the registry
+        :mod:`mne_unfolded_sbl.methods` (see :func:`compute_estimate`):
+        ``"cb"`` (classical convex bounding), other unfolded models,
+        ``"sloreta"``, ``"dspm"``, ``"mne"``, ``"eloreta"``,
+        ``"gamma-map"``, ``"mxne"``. ``"cb"`` is skipped when ``model``
+        itself fell back to it.
+    %(learn_noise)s
     subjects_dir : path-like | None
         Subjects dir for the brain pictures (None: the package's fsaverage).
     time : "peak" | "rms" | float
@@ -390,139 +502,38 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
         ``metrics`` (rows, with ``stc_true``), ``trajectories``,
         ``backend`` (brain renderer used), ``time``.
     """
-    import matplotlib.pyplot as plt
-    from .viz import (plot_convergence, plot_noise_topomap,
-                      plot_noisiest_channels, plot_time_courses)
-
     _validate_type(report, mne.Report, "report")
     _validate_type(evoked, mne.Evoked, "evoked")
     compare = (compare,) if isinstance(compare, str) else tuple(compare or ())
+    for meth in compare:  # an unknown name fails before any work is done
+        get_method(meth, learn_noise=learn_noise)
     t_plot = _plot_time(evoked, time)
 
-    estimates = {"unfolded": compute_estimate(evoked, fwd, noise_cov, model,
-                                              learn_noise=learn_noise,
-                                              verbose=False)}
-    used = estimates["unfolded"]["name"]
-    note = estimates["unfolded"]["note"]
-    for meth in compare:
-        if str(meth).lower() == used:
-            continue  # e.g. "cb" after the fallback: already there
-        estimates[str(meth).lower()] = compute_estimate(
-            evoked, fwd, noise_cov, meth, learn_noise=learn_noise,
-            verbose=False)
+    estimates = _run_estimates(evoked, fwd, noise_cov, model, compare,
+                               learn_noise)
+    unfolded = estimates["unfolded"]
     if section is None:
-        section = f"Source imaging ({estimates['unfolded']['label']})"
+        section = f"Source imaging ({unfolded['label']})"
     kw = dict(section=section, replace=replace)
 
-    # --- summary -----------------------------------------------------------
-    lines = [f"<p><b>Unfolded SBL model run:</b> "
-             f"{html.escape(estimates['unfolded']['label'])}; "
-             f"comparison: {html.escape(', '.join(r['label'] for k, r in estimates.items() if k != 'unfolded') or 'none')}.</p>",
-             f"<p>{len(evoked.ch_names)} channels, {evoked.data.shape[1]} "
-             f"samples ({evoked.times[0] * 1e3:.0f} to "
-             f"{evoked.times[-1] * 1e3:.0f} ms), nave = {evoked.nave}; "
-             f"{fwd['nsource']} sources.</p>"]
-    if note:
-        lines.insert(0, "<div class='alert alert-warning'><b>Note:</b> "
-                     f"{html.escape(note)}</div>")
-    lines.append("<p>Run times (s): " + ", ".join(
-        f"{html.escape(r['label'])}: {r['seconds']:.2f}" for r in estimates.values())
-        + "</p>")
-    report.add_html("".join(lines), title="Summary", **kw)
-
-    # --- metrics (simulations) -----------------------------------------------
-    metrics = None
-    if stc_true is not None:
-        metrics = metrics_table(stc_true, estimates, fwd)
-        report.add_html(_metrics_html(metrics), title="Metrics against the ground truth", **kw)
-
-    # --- brains --------------------------------------------------------------
-    items = [(r["label"], r["stc"]) for r in estimates.values()]
-    images, backend_used = _brain_images(items, subjects_dir, t_plot, backend,
-                                         stc_true)
-    when = ("temporal RMS amplitude" if isinstance(t_plot, str)
-            else f"t = {t_plot * 1e3:.0f} ms")
-    for (label, _), img in zip(
-            ([("Ground truth (simulated)", None)] if stc_true is not None else [])
-            + items, images):
-        report.add_figure(img, title=f"Brain: {label}",
-                          caption=f"|source amplitude| at {when}; each map "
-                          "has its own colour scale (95th percentile / 10 % "
-                          "of the maximum to the maximum). Rendered with "
-                          f"{backend_used}.", **kw)
-
-    # --- peak sources ---------------------------------------------------------
-    peaks = {k: peak_sources(r["stc"], fwd, n=n_peaks) for k, r in estimates.items()}
-    tables = []
-    if stc_true is not None:
-        peaks["truth"] = peak_sources(stc_true, fwd, n=n_peaks)
-        tables.append(peak_table_html(peaks["truth"], caption="Ground truth"))
-    for k, r in estimates.items():
-        tables.append(peak_table_html(peaks[k], unit=r["unit"], caption=r["label"]))
-    report.add_html(
-        "<p>Strongest local maxima of each estimate's peak-amplitude map "
-        "(positions in fsaverage MRI coordinates ≈ MNI305, mm).</p>"
-        + "".join(tables), title="Peak sources", **kw)
-
-    # --- time courses ----------------------------------------------------------
-    ref = peaks["truth"] if stc_true is not None else peaks["unfolded"]
-    ref_name = "true" if stc_true is not None else estimates["unfolded"]["label"]
-    verts = [(p["hemi_idx"], p["vertex"],
-              f"{p['hemi']} vertex {p['vertex']} "
-              f"({', '.join(f'{c:.0f}' for c in p['pos_mm'])} mm)")
-             for p in ref[:3]]
-    if verts:
-        fig = plot_time_courses({r["label"]: r["stc"] for r in estimates.values()},
-                                verts, stc_true=stc_true,
-                                title=f"Time courses at the {ref_name} peak sources")
-        report.add_figure(fig, title="Time courses at the peak sources",
-                          caption="Unit-free (noise-normalised) estimates are "
-                          "drawn dashed on the right axis.", **kw)
-        plt.close(fig)
-
-    # --- learned noise ---------------------------------------------------------
-    cov = estimates["unfolded"]["noise_cov"]
-    if cov is not None:
-        std = np.sqrt(np.asarray(cov["data"]).ravel() if cov["diag"]
-                      else np.diag(cov["data"]))
-        info = mne.pick_info(evoked.info, [evoked.ch_names.index(c) for c in cov["names"]])
-        std_true = None
-        if true_noise_cov is not None:
-            tc = true_noise_cov
-            tvar = np.asarray(tc["data"]).ravel() if tc["diag"] else np.diag(tc["data"])
-            std_true = np.sqrt(tvar[[tc["names"].index(c) for c in cov["names"]]])
-        fig = plot_noise_topomap(info, std, std_true=std_true)
-        report.add_figure(fig, title="Learned noise (topomap)",
-                          caption="Sensor noise standard deviation learned "
-                          "jointly with the sources (diagonal λ mapped back "
-                          "through the whitener).", **kw)
-        plt.close(fig)
-        fig = plot_noisiest_channels(cov["names"], std)
-        report.add_figure(fig, title="Learned noise (noisiest channels)", **kw)
-        plt.close(fig)
-
-    # --- convergence -----------------------------------------------------------
+    _add_summary(report, evoked, fwd, estimates, kw)
+    metrics = (None if stc_true is None
+               else _add_metrics(report, stc_true, estimates, fwd, kw))
+    backend_used = _add_brains(report, estimates, stc_true, subjects_dir,
+                               t_plot, backend, kw)
+    peaks = _add_peak_table(report, estimates, stc_true, fwd, n_peaks, kw)
+    _add_time_courses(report, estimates, peaks, stc_true, kw)
+    if unfolded["noise_cov"] is not None:
+        _add_learned_noise(report, evoked, unfolded["noise_cov"],
+                           true_noise_cov, kw)
     trajectories = {}
     if convergence:
-        trajectories[estimates["unfolded"]["label"]] = unfolded_sbl_trajectory(
-            evoked, fwd, noise_cov, model if note is None else "cb",
-            learn_noise=learn_noise, verbose=False)
-        if used != "cb":
-            trajectories[model_label("cb", learn_noise)] = unfolded_sbl_trajectory(
-                evoked, fwd, noise_cov, "cb", learn_noise=learn_noise,
-                verbose=False)
-        fig = plot_convergence(trajectories)
-        cap = ("Per layer (= iteration) of the unfolded solver: Type-II cost "
-               "at the layer's input, relative change of the source "
-               "variances γ")
-        cap += (", and the mean |correction| the learned modules add in the "
-                "log domain." if used != "cb" else
-                ". The classical solver has no learned corrections.")
-        report.add_figure(fig, title="Convergence per layer", caption=cap, **kw)
-        plt.close(fig)
+        trajectories = _add_convergence(report, evoked, fwd, noise_cov, model,
+                                        estimates, learn_noise, kw)
 
-    logger.info(f"Added {used} and {len(estimates) - 1} comparison estimate(s) "
-                f"to the report (brains rendered with {backend_used}).")
-    return dict(estimates=estimates, model=used, note=note, peaks=peaks,
-                metrics=metrics, trajectories=trajectories,
-                backend=backend_used, time=t_plot)
+    logger.info(f"Added {unfolded['name']} and {len(estimates) - 1} "
+                f"comparison estimate(s) to the report (brains rendered with "
+                f"{backend_used}).")
+    return dict(estimates=estimates, model=unfolded["name"],
+                note=unfolded["note"], peaks=peaks, metrics=metrics,
+                trajectories=trajectories, backend=backend_used, time=t_plot)

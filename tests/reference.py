@@ -79,3 +79,39 @@ def average_reference(L, Y):
     """Average-referenced copies of a lead field and data, and ``Q``."""
     M = L.shape[0]
     return (L - L.mean(0), Y - Y.mean(0), np.full((M, 1), 1 / np.sqrt(M)))
+
+
+def champagne_grouped_numpy(L, Y, gamma0, lam0, n_iter, learn_noise, n_orient):
+    """Champagne with one variance per group of ``n_orient`` columns.
+
+    ``x_n(t) ~ N(0, gamma_n I)`` for the ``n_orient`` components of source
+    ``n`` (free orientation, MNE's ``xyz_same_gamma``); the bound gives
+    ``gamma_n <- sqrt(sum_o mean(xbar_no^2) / sum_o L_no^T W L_no)``.
+    """
+    gamma = np.array(gamma0, float).copy()
+    lam = np.array(lam0, float).copy()
+    T = Y.shape[1]
+
+    def post(gamma, lam):
+        g = np.repeat(gamma, n_orient)
+        sigma = np.diag(lam) + (L * g) @ L.T
+        W = np.linalg.inv(sigma)
+        return W, g[:, None] * (L.T @ W @ Y)
+
+    for _ in range(n_iter):
+        W, xbar = post(gamma, lam)
+        a = np.mean(xbar ** 2, axis=1).reshape(-1, n_orient).sum(1)
+        b = np.einsum("mn,mk,kn->n", L, W, L).reshape(-1, n_orient).sum(1)
+        gamma = np.sqrt(a / b)
+        if learn_noise:
+            W, xbar = post(gamma, lam)
+            r = np.mean((Y - L @ xbar) ** 2, axis=1)
+            lam = np.sqrt(r / np.diag(W))
+    return gamma, lam, post
+
+
+def posterior_covariance_numpy(L, gamma, lam):
+    """Dense ``Sigma_x = Gamma - Gamma L^T W L Gamma`` (column variances)."""
+    G = np.diag(gamma)
+    W = np.linalg.inv(np.diag(lam) + L @ G @ L.T)
+    return G - G @ L.T @ W @ L @ G

@@ -1,4 +1,5 @@
-"""The demo, the report helper and the headless brain figures."""
+"""The demo and the report helper (the brain figures: test_viz.py, the
+method registry: test_methods.py)."""
 
 import re
 import warnings
@@ -11,12 +12,11 @@ from mne_unfolded_sbl.core import weights as pretrained
 from mne_unfolded_sbl.core.network import UnfoldedSBL
 from mne_unfolded_sbl import unfolded_sbl_trajectory
 from mne_unfolded_sbl.core.weights import resolve_model
-from mne_unfolded_sbl.report import (add_unfolded_sbl_to_report, expand_stc,
-                                     peak_sources, source_positions_mri)
+from mne_unfolded_sbl.methods import expand_stc
+from mne_unfolded_sbl.report import (add_unfolded_sbl_to_report, peak_sources,
+                                     source_positions_mri)
 from mne_unfolded_sbl.core.simulator import SimulationConfig
 from mne_unfolded_sbl.simulation import simulate_evoked
-from mne_unfolded_sbl.viz import (_panels, available_3d_backend,
-                                  plot_source_estimate)
 
 EASY = SimulationConfig(n_sources=(1, 1), spread=0.0, snr_db=(20.0, 20.0),
                         n_times=60)
@@ -49,21 +49,6 @@ def subjects_dir(cache_env):
 def _no_weights(monkeypatch):
     """Behave as if no pretrained weights were registered."""
     monkeypatch.setattr(pretrained, "registry", lambda: {})
-
-
-def _is_brain_image(img):
-    """Not blank: a visible cortex and coloured (active) spots."""
-    img = np.asarray(img, float)
-    assert img.ndim == 3 and img.shape[2] == 3
-    assert img.std() > 20
-    nonwhite = np.any(img < 235, axis=-1).mean()
-    assert 0.15 < nonwhite < 0.95, nonwhite
-    brains = img[: int(0.7 * img.shape[0])]  # above the colour bar
-    r, g, b = brains[..., 0], brains[..., 1], brains[..., 2]
-    grey = (np.abs(r - g) < 12) & (np.abs(g - b) < 12) & (r < 220)
-    hot = (r > 150) & (r - b > 80)
-    assert grey.mean() > 0.1  # the cortex
-    return int(hot.sum())
 
 
 def test_demo_end_to_end(tmp_path, train_fwd, cache_env, monkeypatch, capsys):
@@ -212,57 +197,3 @@ def test_trajectory_learned_and_classical(easy):
     assert len(traj["delta_source"]) == 4 and traj["delta_source"][-1] is None
     np.testing.assert_array_equal(traj["mean_abs_delta_source"][:3], 0.0)
     assert np.isnan(traj["mean_abs_delta_source"][3])
-
-
-def test_panels_layout():
-    panels, shape = _panels(("lateral", "medial", "posterior", "ventral"), "both")
-    assert shape == (2, 3)
-    assert [p[4] for p in panels if p[2] == "lateral"] == ["left lateral",
-                                                          "right lateral"]
-    panels, shape = _panels(("lateral",), "lh")
-    assert shape == (1, 1)
-    panels, shape = _panels(("dorsal",), "both")
-    assert shape == (1, 1)
-
-
-def _focal_stc(fwd):
-    vertices = [s["vertno"] for s in fwd["src"]]
-    data = np.zeros((sum(len(v) for v in vertices), 3))
-    pos = source_positions_mri(fwd)
-    lat = np.argmin(pos[:len(vertices[0]), 0])  # most lateral left source
-    data[lat] = [1e-9, 20e-9, 5e-9]
-    data[len(vertices[0]) + 10] = [0, 8e-9, 0]
-    return mne.SourceEstimate(data, vertices, 0.0, 0.01, subject="fsaverage")
-
-
-def test_brain_render_matplotlib(train_fwd, subjects_dir):
-    stc = _focal_stc(train_fwd)
-    img = plot_source_estimate(stc, subjects_dir, backend="matplotlib",
-                               title="test", return_image=True)
-    assert _is_brain_image(img) > 20  # active spots are visible
-    # an all-zero estimate renders a bare cortex (no colour, no error)
-    zero = stc.copy()
-    zero.data[:] = 0
-    img = plot_source_estimate(zero, subjects_dir, backend="matplotlib",
-                               views=("lateral",), return_image=True)
-    assert _is_brain_image(img) == 0
-    with pytest.raises(ValueError, match="view"):
-        plot_source_estimate(stc, subjects_dir, views=("sideways",))
-
-
-def test_brain_render_pyvista(train_fwd, subjects_dir, monkeypatch):
-    monkeypatch.delenv("MNE_UNFOLDED_SBL_3D", raising=False)
-    if available_3d_backend() != "pyvista":
-        pytest.skip("PyVista cannot render off-screen here")
-    stc = _focal_stc(train_fwd)
-    fig = plot_source_estimate(stc, subjects_dir, backend="auto",
-                               views=("lateral", "posterior"))
-    assert fig._mus_backend == "pyvista"
-    from mne_unfolded_sbl.viz import figure_to_array
-
-    assert _is_brain_image(figure_to_array(fig)) > 20
-
-
-def test_backend_env(monkeypatch):
-    monkeypatch.setenv("MNE_UNFOLDED_SBL_3D", "matplotlib")
-    assert available_3d_backend() == "matplotlib"

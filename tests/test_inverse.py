@@ -8,7 +8,8 @@ from mne.inverse_sparse import gamma_map
 
 from mne_unfolded_sbl import (UnfoldedSBLOperator, apply_unfolded_sbl,
                               apply_unfolded_sbl_epochs,
-                              make_unfolded_sbl_operator)
+                              make_unfolded_sbl_operator,
+                              unfolded_sbl_trajectory)
 from mne_unfolded_sbl.core.network import UnfoldedSBL
 from mne_unfolded_sbl.core.simulator import SimulationConfig
 from mne_unfolded_sbl.simulation import simulate_evoked
@@ -257,6 +258,30 @@ def test_prepared_operator_equals_direct_call(easy):
     stc = apply_unfolded_sbl(evoked, op_bad, None, **kw)
     np.testing.assert_array_equal(
         stc.data, apply_unfolded_sbl(bad, fwd, cov, **kw).data)
+
+
+def test_trajectory_with_operator(tiny_forward):
+    """unfolded_sbl_trajectory takes an operator as apply_unfolded_sbl does,
+    gives the same trajectory as with the forward and covariance, and its
+    last layer's sources are apply_unfolded_sbl's estimate."""
+    fwd, _ = tiny_forward
+    evoked, _, cov = simulate_evoked(fwd, EASY, seed=1, verbose=False)
+    op = make_unfolded_sbl_operator(evoked.info, fwd, cov, verbose=False)
+    for learn_noise in (True, False):
+        kw = dict(model="cb", n_layers=8, learn_noise=learn_noise,
+                  verbose=False)
+        traj = unfolded_sbl_trajectory(evoked, op, None, return_sources=True,
+                                       **kw)
+        direct = unfolded_sbl_trajectory(evoked, fwd, cov, **kw)
+        assert traj["model"] == "cb" and traj["note"] is None
+        assert len(traj["cost"]) == 8 and len(traj["X"]) == 8
+        for key in ("cost", "gamma_change", "lam_change"):
+            np.testing.assert_allclose(traj[key], direct[key], rtol=1e-10)
+        stc = apply_unfolded_sbl(evoked, op, None, dtype="float64", **kw)
+        np.testing.assert_allclose(traj["X"][-1], stc.data, rtol=1e-6,
+                                   atol=1e-9 * np.abs(stc.data).max())
+    with pytest.raises(ValueError, match="noise_cov=None"):
+        unfolded_sbl_trajectory(evoked, op, cov, model="cb")
 
 
 def test_free_orientation_forward_is_converted(tiny_forward):

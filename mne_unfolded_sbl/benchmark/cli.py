@@ -13,12 +13,14 @@ quartiles of rMSE, EMD, F1, LE and seconds per sample, one row per
 method), ``{setting}_samples.csv`` (every sample), ``{setting}.png`` (box
 plots), and for sweeps / curves ``{setting}_sweep-{name}.*`` /
 ``{setting}_curve-layers.*``; ``run.json`` records the command, versions,
-thread count and load average.
+thread count and load average (one entry per run, appended). Existing
+tables and figures are replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,13 +28,24 @@ import sys
 import time
 from pathlib import Path
 
+import mne
+import numpy as np
+import torch
+
+from ..cli import arg_error, float_type, int_type
+from ..core._utils import soft_import
+from . import plots
+from .methods import CB_MAX_ITER, CB_TOL, GROUPS, MXNE_ALPHA, resolve_methods
+from .runner import run_benchmark
+from .settings import SETTINGS, get_setting
+from .sweeps import SWEEPS, run_layer_curve, run_sweep
+
+#: Files written per output stem (see the module docstring).
+OUTPUT_SUFFIXES = (".md", ".csv", "_samples.csv", ".png")
+
 
 def add_arguments(parser):
     """Add the ``benchmark`` options to an :class:`argparse.ArgumentParser`."""
-    from .methods import CB_MAX_ITER, CB_TOL, GROUPS, MXNE_ALPHA
-    from .settings import SETTINGS
-    from .sweeps import SWEEPS
-
     parser.add_argument(
         "--setting", action="append", metavar="NAME",
         help=f"benchmark setting, repeatable: {', '.join(SETTINGS)} or 'all' "
@@ -46,48 +59,54 @@ def add_arguments(parser):
              "Use --list-methods to see the keys.")
     parser.add_argument("--list-methods", action="store_true",
                         help="print the available methods and exit")
-    parser.add_argument("--n-samples", type=int, default=200,
+    parser.add_argument("--n-samples", type=int_type(1), default=200,
                         help="simulated samples per setting (or sweep point); "
                              "default 200, the paper reports 1000")
-    parser.add_argument("--seed", type=int, default=0, help="simulation seed")
+    parser.add_argument("--seed", type=int_type(0), default=0,
+                        help="simulation seed")
     parser.add_argument("--out", default="benchmark_out",
                         help="output folder (Markdown, CSV, PNG)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the tables and figures of an earlier "
+                             "run in --out (run.json is appended to)")
     parser.add_argument("--sweep", choices=sorted(SWEEPS),
                         help="sweep one simulation parameter (Figures 5, 7)")
-    parser.add_argument("--sweep-values", type=float, nargs="+",
+    parser.add_argument("--sweep-values", type=float_type(), nargs="+",
                         help="values of the sweep (SNR dB, source count, "
                              "spread in metres)")
     parser.add_argument("--curve", choices=["layers"],
                         help="metrics vs iteration/layer for the SBL methods "
                              "(Figure 4)")
-    parser.add_argument("--cb-layers", type=int, default=100,
+    parser.add_argument("--cb-layers", type=int_type(1), default=100,
                         help="iterations of the classical solver in --curve "
                              "layers (default 100)")
-    parser.add_argument("--max-seconds", type=float,
+    parser.add_argument("--max-seconds", type=float_type(0),
                         help="time budget per method and run (solve time); "
                              "a method that spent it skips the remaining "
                              "batches (its n is then smaller)")
     parser.add_argument("--dtype", choices=["float32", "float64"],
                         default="float32", help="precision of the SBL methods")
-    parser.add_argument("--batch-size", type=int,
+    parser.add_argument("--batch-size", type=int_type(1),
                         help="samples per batch (default: per setting)")
     parser.add_argument("--bem-ico", type=int, choices=[3, 4],
                         help="BEM resolution override (3 is fast; default 4)")
-    parser.add_argument("--mxne-alpha", type=float, default=MXNE_ALPHA,
-                        help=f"MxNE alpha in %% of alpha_max (default {MXNE_ALPHA:g})")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--mxne-alpha", default=MXNE_ALPHA,
+                        type=float_type(0, 100, min_inclusive=False,
+                                        max_inclusive=False),
+                        help="MxNE alpha in %% of alpha_max, in (0, 100) "
+                             f"(default {MXNE_ALPHA:g})")
+    parser.add_argument("--threads", type=int_type(1),
                         help="CPU threads for torch and BLAS (default: "
                              "library defaults; 1 is steadier on a shared "
                              "machine)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar")
-    parser.set_defaults(_cb_tol=CB_TOL, _cb_max_iter=CB_MAX_ITER)
+    parser.set_defaults(_cb_tol=CB_TOL, _cb_max_iter=CB_MAX_ITER,
+                        _parser=parser)
     return parser
 
 
 def _settings(args):
-    from .settings import SETTINGS, get_setting
-
     names = args.setting or ["train-cap-ico3"]
     if "all" in names:
         names = list(SETTINGS)
@@ -97,10 +116,6 @@ def _settings(args):
 
 
 def _record(args, out, extra):
-    import mne
-    import numpy as np
-    import torch
-
     rec = dict(
         command=" ".join(["mne-unfolded-sbl", "benchmark"] + sys.argv[2:])
         if Path(sys.argv[0]).name.startswith("mne-unfolded-sbl")
@@ -122,12 +137,48 @@ def _record(args, out, extra):
     return path
 
 
-def _run_all(args):
-    from . import plots
-    from .methods import resolve_methods
-    from .runner import run_benchmark
-    from .sweeps import SWEEPS, run_layer_curve, run_sweep
+def _stem(args, name):
+    """Output stem of setting ``name`` for this run."""
+    if args.curve == "layers":
+        return f"{name}_curve-layers"
+    if args.sweep:
+        return f"{name}_sweep-{args.sweep}"
+    return name
 
+
+def _check_args(args):
+    """Checks across options, before anything runs (usage error, status 2)."""
+    if args.sweep and args.curve:
+        arg_error(args, "give --sweep or --curve, not both")
+    if args.sweep_values is not None:
+        if not args.sweep:
+            arg_error(args, "argument --sweep-values: needs --sweep")
+        field_ = SWEEPS[args.sweep][0]
+        bad = []
+        if field_ == "n_sources":
+            bad = [v for v in args.sweep_values if v != int(v) or v < 1]
+            what = "whole numbers >= 1"
+        elif field_ == "spread":
+            bad = [v for v in args.sweep_values if v < 0]
+            what = ">= 0 (metres)"
+        if bad:
+            arg_error(args, f"argument --sweep-values: the {args.sweep} sweep "
+                      f"needs values {what}, got {bad}")
+    names = _settings(args)  # ValueError for unknown names
+    resolve_methods(args.methods, dtype=args.dtype,  # ... and methods
+                    mxne_alpha=args.mxne_alpha)
+    if not args.overwrite:
+        out = Path(args.out)
+        existing = [out / f"{_stem(args, n)}{suffix}" for n in names
+                    for suffix in OUTPUT_SUFFIXES
+                    if (out / f"{_stem(args, n)}{suffix}").exists()]
+        if existing:
+            arg_error(args, f"argument --out: {', '.join(map(str, existing))} "
+                      "already exist(s); pass --overwrite to replace them or "
+                      "choose another --out")
+
+
+def _run_all(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = dict(n_samples=args.n_samples, seed=args.seed,
@@ -140,7 +191,7 @@ def _run_all(args):
             res = run_layer_curve(name, methods, cb_layers=args.cb_layers,
                                   dtype=args.dtype, batch_size=args.batch_size,
                                   bem_ico=args.bem_ico, **common)
-            stem = f"{name}_curve-layers"
+            stem = _stem(args, name)
             paths = res.write(out, stem)
             paths["png"] = plots.plot_lines(
                 res.summary(), "layer", out / f"{stem}.png",
@@ -150,7 +201,7 @@ def _run_all(args):
                             dtype=args.dtype, batch_size=args.batch_size,
                             max_seconds=args.max_seconds, bem_ico=args.bem_ico,
                             **common)
-            stem = f"{name}_sweep-{args.sweep}"
+            stem = _stem(args, name)
             paths = res.write(out, stem)
             _, _, axis, scale = SWEEPS[args.sweep]
             paths["png"] = plots.plot_lines(
@@ -161,7 +212,7 @@ def _run_all(args):
                                 batch_size=args.batch_size,
                                 max_seconds=args.max_seconds,
                                 bem_ico=args.bem_ico, **common)
-            stem = name
+            stem = _stem(args, name)
             paths = res.write(out, stem)
             paths["png"] = plots.plot_metrics(res, out / f"{stem}.png")
         _record(args, out, dict(output=stem, info=res.info))
@@ -174,28 +225,17 @@ def _run_all(args):
 def run(args):
     """Run the ``benchmark`` command from parsed arguments."""
     if args.list_methods:
-        from .methods import resolve_methods
-
         for m in resolve_methods("all"):
             print(f"{m.key:18s} {m.describe()}")
         return 0
-    if args.sweep and args.curve:
-        raise SystemExit("Give --sweep or --curve, not both.")
+    _check_args(args)
+    limits = contextlib.nullcontext()
     if args.threads:
-        import contextlib
-
-        import torch
-
         torch.set_num_threads(int(args.threads))
-        try:
-            from threadpoolctl import threadpool_limits
-
-            limits = threadpool_limits(int(args.threads))
-        except ImportError:  # BLAS threads then follow OMP_NUM_THREADS
-            limits = contextlib.nullcontext()
-        with limits:
-            _run_all(args)
-    else:
+        threadpoolctl = soft_import("threadpoolctl", strict=False)
+        if threadpoolctl is not None:  # else BLAS follows OMP_NUM_THREADS
+            limits = threadpoolctl.threadpool_limits(int(args.threads))
+    with limits:
         _run_all(args)
     return 0
 

@@ -1,16 +1,23 @@
-"""Benchmark methods: one small adapter per solver, with a common interface.
+"""Benchmark adapters of the comparison methods.
 
-Every method turns a :class:`Batch` of simulated samples into source
-estimates ``(B, N, T)`` in the simulator's units and reports the seconds it
-spent per sample. Three families:
+The methods themselves (names, labels, settings) are the entries of the
+registry :mod:`mne_unfolded_sbl.methods`, shared with the report; this
+module runs them on a :class:`Batch` of simulated samples. Every adapter
+turns the batch into source estimates ``(B, N, T)`` in the simulator's
+units and reports the seconds it spent per sample. Three families:
 
-- ``"sbl"``: the convex-bounding solver (classical, fixed depth or run to
-  convergence) and the learned unfolded networks. Batched in PyTorch on the
-  arrays (average-referenced lead field, data, true noise variances).
-- ``"linear"``: MNE's minimum-norm family (sLORETA, dSPM, eLORETA, MNE).
-- ``"sparse"``: MNE's sparse solvers (``gamma_map``, ``mixed_norm``).
+- ``"sbl"`` (:class:`SBLMethod`): the convex-bounding solver (classical,
+  fixed depth or run to convergence) and the learned unfolded networks.
+  Batched in PyTorch on the arrays (average-referenced lead field, data,
+  true noise variances).
+- ``"linear"`` (:class:`MNELinearMethod`): MNE's minimum-norm family
+  (sLORETA, dSPM, eLORETA, MNE).
+- ``"sparse"`` (:class:`GammaMapMethod`, :class:`MxNEMethod`): MNE's
+  sparse solvers.
 
-MNE's methods run per sample on an :class:`mne.EvokedArray` built from the
+MNE's methods run per sample through the registry entry's
+:meth:`~mne_unfolded_sbl.methods.ComparisonMethod.estimate` (or its
+prepared-operator steps) on an :class:`mne.EvokedArray` built from the
 simulated array (montage info with an average-reference projector, data in
 volts: the unit-free sources times
 :data:`~mne_unfolded_sbl.benchmark.settings.SOURCE_SCALE`) with the true
@@ -22,27 +29,23 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import methods as registry
 from ..core._utils import DTYPES
+from ..core.network import MODELS
+# the settings live in the registry; re-exported for the CLI and runner
+from ..methods import (CB_MAX_ITER, CB_TOL, LAMBDA2, MXNE_ALPHA, N_LAYERS,
+                       expand_stc)
 from .settings import SOURCE_SCALE
 
-#: Regularisation of MNE's linear inverses, ``lambda2 = 1 / SNR**2`` with
-#: SNR = 3 (MNE's usual choice for evoked data).
-LAMBDA2 = 1.0 / 9.0
-#: MxNE regularisation in percent of ``alpha_max`` (see doc/benchmarks.rst:
-#: picked on a separate tuning set of the train-cap-ico3 setting).
-MXNE_ALPHA = 10.0
-#: Convex bounding "run to convergence": stop a sample when the relative
-#: decrease of the Type-II cost falls below CB_TOL, at most CB_MAX_ITER.
-CB_TOL = 1e-6
-CB_MAX_ITER = 1000
-#: Fixed depth of the classical solver and the networks.
-N_LAYERS = 25
-
+__all__ = ["Batch", "IncompatibleMethod", "Solution", "Method", "SBLMethod",
+           "MNELinearMethod", "GammaMapMethod", "MxNEMethod",
+           "classical_methods", "mne_methods", "learned_method_keys",
+           "learned_method", "all_method_keys", "resolve_methods", "GROUPS",
+           "CB_MAX_ITER", "CB_TOL", "LAMBDA2", "MXNE_ALPHA", "N_LAYERS"]
 
 
 @dataclass
@@ -73,19 +76,17 @@ class Batch:
         return self._mne[i]["evoked"], self._mne[i]["cov"]
 
     def inverse_operator(self, i, problem):
-        """Fixed-orientation inverse operator of sample ``i`` and its build time.
+        """Inverse operator of sample ``i`` and its build time.
 
-        Shared by all linear methods of the same sample (built once).
+        :func:`mne_unfolded_sbl.methods.make_inverse_operator`, shared by
+        all linear methods of the same sample (built once).
         """
-        self.mne_inputs(i, problem)
+        ev, cov = self.mne_inputs(i, problem)
         entry = self._mne[i]
         if "inv" not in entry:
-            from mne.minimum_norm import make_inverse_operator
-
             t0 = time.perf_counter()
-            entry["inv"] = make_inverse_operator(
-                problem.info, problem.fwd, entry["cov"], loose=0.0, depth=None,
-                fixed=True, verbose=False)
+            entry["inv"] = registry.make_inverse_operator(ev.info, problem.fwd,
+                                                          cov)
             entry["inv_seconds"] = time.perf_counter() - t0
         return entry["inv"], entry["inv_seconds"]
 
@@ -107,17 +108,23 @@ class Solution:
 
 
 class Method:
-    """Base class. Subclasses set ``key``, ``label``, ``family`` and ``solve``."""
+    """Base class of the adapters: a registry entry run on batches.
+
+    ``key``, ``label`` and ``current_units`` are those of the entry
+    (:class:`mne_unfolded_sbl.methods.ComparisonMethod`); subclasses set
+    ``family`` and ``solve``.
+    """
 
     family = "?"
     batched = False
-    #: Whether the output is in current units (False: noise-normalised
-    #: statistic, e.g. dSPM, whose rMSE has no physical meaning).
-    current_units = True
 
-    def __init__(self, key, label):
-        self.key = key
-        self.label = label
+    def __init__(self, spec):
+        self.spec = spec
+        self.key = spec.key
+        self.label = spec.label
+        #: Whether the output is in current units (False: noise-normalised
+        #: statistic, e.g. dSPM, whose rMSE has no physical meaning).
+        self.current_units = spec.current_units
         self.setup_seconds = 0.0
         self.problem = None
 
@@ -133,7 +140,7 @@ class Method:
 
     def describe(self):
         """One line for the documentation / run record."""
-        return self.label
+        return self.spec.describe()
 
 
 # ----------------------------------------------------------------------------
@@ -145,16 +152,11 @@ class SBLMethod(Method):
 
     Parameters
     ----------
-    model : str | path-like
-        ``"cb"`` or a learned model name / weights file (see
-        :func:`mne_unfolded_sbl.core.weights.load_model`).
-    learn_noise : bool
-        Joint ``(gamma, lambda)`` or source-only with the true noise.
-    n_layers : int
-        Depth (iterations) for the fixed-depth classical solver.
-    tol : float | None
-        If given, run the classical solver to convergence (relative cost
-        decrease below ``tol``, at most ``max_iter`` iterations).
+    spec : mne_unfolded_sbl.methods.UnfoldedModel
+        The registry entry: model (``"cb"``, a learned model name or a
+        weights file), ``learn_noise`` (joint ``(gamma, lambda)`` or
+        source-only with the true noise), depth ``n_layers`` of the
+        classical solver, or ``tol`` to run it to convergence.
     dtype : "float32" | "float64"
         Working precision of the large products.
     """
@@ -162,29 +164,16 @@ class SBLMethod(Method):
     family = "sbl"
     batched = True
 
-    def __init__(self, key, label, *, model="cb", learn_noise=True,
-                 n_layers=N_LAYERS, tol=None, max_iter=CB_MAX_ITER,
-                 dtype="float32"):
-        super().__init__(key, label)
-        self.model = model
-        self.learn_noise = bool(learn_noise)
-        self.n_layers = n_layers
-        self.tol = tol
-        self.max_iter = max_iter
+    def __init__(self, spec, *, dtype="float32"):
+        super().__init__(spec)
         self.dtype = dtype
         self.net = None
 
-    def describe(self):
-        noise = "joint (gamma, lambda)" if self.learn_noise else \
-            "source-only, true noise"
-        if self.tol is not None:
-            return (f"{self.label}: classical convex bounding, {noise}, until "
-                    f"the relative Type-II cost decrease < {self.tol:g} "
-                    f"(max {self.max_iter} iterations)")
-        if self.model == "cb":
-            return (f"{self.label}: classical convex bounding, {noise}, "
-                    f"{self.n_layers} iterations")
-        return f"{self.label}: learned {self.model}, {noise}"
+    model = property(lambda self: self.spec.model)
+    learn_noise = property(lambda self: self.spec.learn_noise)
+    n_layers = property(lambda self: self.spec.n_layers)
+    tol = property(lambda self: self.spec.tol)
+    max_iter = property(lambda self: self.spec.max_iter)
 
     def prepare(self, problem):
         t0 = time.perf_counter()
@@ -287,28 +276,36 @@ class SBLMethod(Method):
 # MNE (per sample)
 
 
-def _dense(stc, problem):
-    """Scatter a (possibly sparse) fixed-orientation stc into ``(N, T)``."""
-    verts = [s["vertno"] for s in problem.fwd["src"]]
-    offsets = np.cumsum([0] + [len(v) for v in verts])
-    rows = []
-    for hemi, v in enumerate(stc.vertices):
-        idx = np.searchsorted(verts[hemi], v)
-        if not np.array_equal(verts[hemi][idx], v):
-            raise RuntimeError("stc vertices are not in the forward source space")
-        rows.append(offsets[hemi] + idx)
-    rows = np.concatenate(rows).astype(int)
-    X = np.zeros((problem.n_sources, stc.data.shape[1]))
-    X[rows] = stc.data
-    return X
-
-
 class _MNEMethod(Method):
+    """Per-sample adapter of an MNE registry entry."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.family = spec.family
+
+    def describe(self):
+        return f"{self.spec.describe()}, per-sample true noise covariance"
+
     def prepare(self, problem):
         if problem.fwd is None or problem.info is None:
             raise ValueError(f"Method {self.key!r} needs an MNE forward model; "
                              "a synthetic problem has none (use the SBL methods).")
         super().prepare(problem)
+
+    def _to_array(self, stc):
+        """The estimate on every source, in the simulator's units."""
+        x = expand_stc(stc, self.problem.fwd).data
+        return x / SOURCE_SCALE if self.current_units else x
+
+    def solve_one(self, batch, i):
+        """``(x, seconds, setup seconds, n_iter)`` of sample ``i``."""
+        ev, cov = batch.mne_inputs(i, self.problem)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            stc = self.spec.apply(ev, self.problem.fwd, cov)
+            dt = time.perf_counter() - t0
+        return self._to_array(stc), dt, 0.0, np.nan
 
     def solve(self, batch):
         B = len(batch)
@@ -331,166 +328,76 @@ class _MNEMethod(Method):
 
 
 class MNELinearMethod(_MNEMethod):
-    """sLORETA, dSPM, eLORETA or MNE via :func:`mne.minimum_norm.apply_inverse`.
+    """A :class:`~mne_unfolded_sbl.methods.MinimumNorm` entry per sample.
 
-    The inverse operator (fixed orientation, no depth weighting: MNE needs a
-    free-orientation forward for depth weighting with ``fixed=True``) is made
-    with each sample's true noise covariance, shared by the linear methods
-    and timed as per-sample *setup*; ``seconds`` is the application of the
-    prepared operator only (``prepared=True``).
+    The inverse operator (:func:`mne_unfolded_sbl.methods.make_inverse_operator`)
+    is made with each sample's true noise covariance, shared by the linear
+    methods and timed as per-sample *setup* together with its preparation;
+    ``seconds`` is the application of the prepared operator only.
     """
 
-    family = "linear"
-
-    def __init__(self, key, label, method, lambda2=LAMBDA2):
-        super().__init__(key, label)
-        self.method = method
-        self.lambda2 = lambda2
-        self.current_units = method in ("MNE", "eLORETA")
-
-    def describe(self):
-        return (f"{self.label}: mne.minimum_norm.apply_inverse(method="
-                f"{self.method!r}, lambda2={self.lambda2:.4g}), fixed "
-                "orientation, depth=None, per-sample true noise covariance")
-
     def solve_one(self, batch, i):
-        from mne.minimum_norm import apply_inverse, prepare_inverse_operator
-
         ev, _ = batch.mne_inputs(i, self.problem)
         inv, t_inv = batch.inverse_operator(i, self.problem)
         t0 = time.perf_counter()
-        prep = prepare_inverse_operator(inv, 1, self.lambda2, self.method,
-                                        verbose=False)
+        prep = self.spec.prepare(inv, ev.nave)
         t1 = time.perf_counter()
-        stc = apply_inverse(ev, prep, self.lambda2, self.method, prepared=True,
-                            verbose=False)
+        stc = self.spec.apply_prepared(ev, prep)
         t2 = time.perf_counter()
-        x = _dense(stc, self.problem)
-        if self.current_units:
-            x = x / SOURCE_SCALE
-        return x, t2 - t1, t_inv + (t1 - t0), np.nan
+        return self._to_array(stc), t2 - t1, t_inv + (t1 - t0), np.nan
 
 
 class GammaMapMethod(_MNEMethod):
-    """:func:`mne.inverse_sparse.gamma_map` at the true noise level.
+    """The registry's ``gamma-map`` entry per sample (see
+    :class:`~mne_unfolded_sbl.methods.GammaMap`)."""
 
-    ``alpha = 1``: with the true noise covariance the whitened noise has unit
-    variance. ``update_mode=2`` is the convex-bounding update (the same
-    fixed point as ``cb-source-conv``), ``depth=None`` as in our solver,
-    default ``tol=1e-6`` and ``maxit=10000``. MNE prunes only gammas below
-    machine epsilon, so most sources stay (tiny) in the estimate; support
-    and peaks are found by the metrics' relative thresholds.
-    """
-
-    family = "sparse"
-
-    def __init__(self, key="gamma-map", label="gamma_map (MNE)", *, alpha=1.0,
-                 update_mode=2, tol=1e-6, maxit=10000, depth=None):
-        super().__init__(key, label)
-        self.kw = dict(alpha=alpha, update_mode=update_mode, tol=tol,
-                       maxit=maxit, depth=depth)
-
-    def describe(self):
-        kw = ", ".join(f"{k}={v!r}" for k, v in self.kw.items())
-        return (f"{self.label}: mne.inverse_sparse.gamma_map({kw}, loose=0), "
-                "per-sample true noise covariance")
-
-    def solve_one(self, batch, i):
-        from mne.inverse_sparse import gamma_map
-
-        ev, cov = batch.mne_inputs(i, self.problem)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            stc = gamma_map(ev, self.problem.fwd, cov, loose=0.0,
-                            verbose=False, **self.kw)
-            dt = time.perf_counter() - t0
-        return _dense(stc, self.problem) / SOURCE_SCALE, dt, 0.0, np.nan
+    def __init__(self, spec=None):
+        super().__init__(spec or registry.get_method("gamma-map"))
 
 
 class MxNEMethod(_MNEMethod):
-    """:func:`mne.inverse_sparse.mixed_norm` (L21 mixed norm, MxNE).
+    """The registry's ``mxne`` entry per sample (see
+    :class:`~mne_unfolded_sbl.methods.MixedNorm`)."""
 
-    ``alpha`` in percent of ``alpha_max`` (:data:`MXNE_ALPHA`), depth 0.8,
-    debiasing and time PCA as MNE's defaults, fixed orientation.
-    """
-
-    family = "sparse"
-
-    def __init__(self, key="mxne", label="MxNE (MNE)", *, alpha=MXNE_ALPHA):
-        super().__init__(key, label)
-        self.alpha = float(alpha)
-
-    def describe(self):
-        return (f"{self.label}: mne.inverse_sparse.mixed_norm(alpha="
-                f"{self.alpha:g}, loose=0, depth=0.8, debias=True, "
-                "time_pca=True), per-sample true noise covariance")
-
-    def solve_one(self, batch, i):
-        from mne.inverse_sparse import mixed_norm
-
-        ev, cov = batch.mne_inputs(i, self.problem)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            stc = mixed_norm(ev, self.problem.fwd, cov, alpha=self.alpha,
-                             loose=0.0, verbose=False)
-            dt = time.perf_counter() - t0
-        if stc.data.size == 0:
-            return np.zeros(batch.X.shape[1:]), dt, 0.0, np.nan
-        return _dense(stc, self.problem) / SOURCE_SCALE, dt, 0.0, np.nan
+    def __init__(self, spec=None, *, alpha=MXNE_ALPHA):
+        super().__init__(spec or registry.get_method("mxne",
+                                                     mxne_alpha=alpha))
 
 
 # ----------------------------------------------------------------------------
-# registry of method names
-
-_MODEL_LABELS = {"bias-cb": "Bias CB", "deep-cb": "Deep CB",
-                 "deep-attn-cb": "Deep Attn CB"}
+# method names and groups
 
 
-def _mode(learn_noise):
-    return "joint" if learn_noise else "source"
-
-
-def _greek(learn_noise):
-    return "(γ,λ)" if learn_noise else "(γ)"
+def _adapter(spec, dtype="float32"):
+    if isinstance(spec, registry.UnfoldedModel):
+        return SBLMethod(spec, dtype=dtype)
+    if isinstance(spec, registry.MinimumNorm):
+        return MNELinearMethod(spec)
+    if isinstance(spec, registry.GammaMap):
+        return GammaMapMethod(spec)
+    return MxNEMethod(spec)
 
 
 def classical_methods(dtype="float32"):
     """The four convex-bounding baselines, by key."""
-    out = {}
-    for learn_noise in (False, True):
-        m, g = _mode(learn_noise), _greek(learn_noise)
-        out[f"cb-{m}-{N_LAYERS}"] = SBLMethod(
-            f"cb-{m}-{N_LAYERS}", f"Conv. Bound. {g}, {N_LAYERS} it.",
-            learn_noise=learn_noise, dtype=dtype)
-        out[f"cb-{m}-conv"] = SBLMethod(
-            f"cb-{m}-conv", f"Conv. Bound. {g}, converged",
-            learn_noise=learn_noise, tol=CB_TOL, max_iter=CB_MAX_ITER,
-            dtype=dtype)
-    return out
+    return {k: SBLMethod(spec, dtype=dtype)
+            for k, spec in registry.classical_methods().items()}
 
 
 def mne_methods(mxne_alpha=MXNE_ALPHA):
     """MNE's solvers, by key."""
-    return {
-        "sloreta": MNELinearMethod("sloreta", "sLORETA", "sLORETA"),
-        "dspm": MNELinearMethod("dspm", "dSPM", "dSPM"),
-        "eloreta": MNELinearMethod("eloreta", "eLORETA", "eLORETA"),
-        "mne": MNELinearMethod("mne", "MNE (min. norm)", "MNE"),
-        "gamma-map": GammaMapMethod(),
-        "mxne": MxNEMethod(alpha=mxne_alpha),
-    }
+    return {k: _adapter(spec)
+            for k, spec in registry.mne_methods(mxne_alpha).items()}
 
 
 def learned_method_keys():
     """Keys of every learned model whose weights are registered."""
-    from ..core.weights import registry
+    from ..core.weights import registry as weights_registry
 
     keys = []
-    for name in sorted(registry()):
+    for name in sorted(weights_registry()):
         model, _, mode = name.rpartition("_")
-        if model in _MODEL_LABELS and mode in ("joint", "source"):
+        if model in MODELS and model != "cb" and mode in ("joint", "source"):
             keys.append(f"{model}-{mode}")
     return keys
 
@@ -501,24 +408,22 @@ def learned_method(key, dtype="float32"):
         from ..core.weights import load_weights
 
         net = load_weights(key)
-        name = _MODEL_LABELS.get(net.model, net.model)
-        label = f"{name} {_greek(net.learn_noise)} [{Path(key).name}]"
-        return SBLMethod(str(key), label, model=str(key),
-                         learn_noise=net.learn_noise, dtype=dtype)
+        return SBLMethod(registry.unfolded_method(str(key), net.learn_noise),
+                         dtype=dtype)
     model, _, mode = str(key).rpartition("-")
-    if model not in _MODEL_LABELS or mode not in ("joint", "source"):
+    if model not in MODELS or model == "cb" or mode not in ("joint", "source"):
         raise ValueError(f"Not a learned-model key: {key!r}")
     learn_noise = mode == "joint"
-    from ..core.weights import registry, registry_key
+    from ..core.weights import registry as weights_registry
+    from ..core.weights import registry_key
 
-    if registry_key(model, learn_noise) not in registry():
+    if registry_key(model, learn_noise) not in weights_registry():
         raise ValueError(
             f"Method {key!r}: no pretrained weights named "
             f"{registry_key(model, learn_noise)!r} are registered (available "
             f"learned methods: {learned_method_keys() or 'none'}). Pass a "
             "weights file (path ending in .safetensors) instead.")
-    return SBLMethod(key, f"{_MODEL_LABELS[model]} {_greek(learn_noise)}",
-                     model=model, learn_noise=learn_noise, dtype=dtype)
+    return SBLMethod(registry.get_method(key), dtype=dtype)
 
 
 #: Method groups accepted by :func:`resolve_methods`.
@@ -527,7 +432,7 @@ GROUPS = ("all", "classical", "mne", "learned", "sbl", "default")
 
 def all_method_keys():
     """Every method key available in this installation."""
-    return (list(classical_methods()) + list(mne_methods())
+    return (list(registry.classical_methods()) + list(registry.mne_methods())
             + learned_method_keys())
 
 
@@ -537,7 +442,8 @@ def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
     Parameters
     ----------
     spec : None | str | list of str
-        Method keys and/or groups, as a list or a comma-separated string.
+        Method keys (of the registry :mod:`mne_unfolded_sbl.methods`)
+        and/or groups, as a list or a comma-separated string.
         Groups: ``"all"`` (every method, including MNE's ``mne`` minimum
         norm), ``"default"`` (``all`` without the plain minimum norm),
         ``"classical"`` (the four convex-bounding baselines), ``"mne"``
@@ -574,8 +480,9 @@ def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
         else:
             keys.append(item)
     out, seen = [], set()
-    valid = list(classical) + list(mne_) + [f"{m}-{mo}" for m in _MODEL_LABELS
-                                            for mo in ("joint", "source")]
+    # bare model names ("deep-cb") are for the report, whose learn_noise
+    # argument completes them; the benchmark names the setting
+    valid = [k for k in registry.method_names() if k not in MODELS]
     for key in keys:
         if key in seen:
             continue

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core._utils import check_positive_int
 from ..core.metrics import evaluate
 from ..core.simulator import EEGSimulator, derive_seed
 from .methods import Batch, IncompatibleMethod, resolve_methods
@@ -25,6 +26,9 @@ METRICS = {
     "f1": ("F1", 1.0, "{:.3f}"),
     "le": ("LE (mm)", 1e3, "{:.2f}"),
 }
+#: Mark of the rMSE of methods whose output is not in A·m (see
+#: ``Method.current_units``), explained under the tables.
+NOT_CURRENT_MARK = "†"
 
 
 def sample_seed(seed, index):
@@ -57,7 +61,6 @@ def simulate_batches(problem, n_samples, seed=0, batch_size=None):
 
 
 def _evaluate(problem, X_true, X_est, metric_kw):
-
     return evaluate(X_true, X_est, problem.pos, neighbors=problem.neighbors,
                     verbose=False, **metric_kw)
 
@@ -115,9 +118,15 @@ def _stats(values):
 
 
 def summarize(records, methods, by=()):
-    """Summary rows of ``records`` per method (and per the keys in ``by``)."""
+    """Summary rows of ``records`` per method (and per the keys in ``by``).
+
+    ``current_units`` says whether the method's estimates are in A·m (False
+    for noise-normalised statistics such as sLORETA and dSPM, whose rMSE
+    is then not comparable, see :func:`markdown_table`).
+    """
     groups = {}
     order = {m.key: i for i, m in enumerate(methods)}
+    units = {m.key: bool(getattr(m, "current_units", True)) for m in methods}
     for r in records:
         k = tuple(r[b] for b in by) + (r["method"],)
         groups.setdefault(k, []).append(r)
@@ -125,7 +134,8 @@ def summarize(records, methods, by=()):
     for k in sorted(groups, key=lambda k: (k[:-1], order.get(k[-1], 1e9))):
         recs = groups[k]
         row = {b: v for b, v in zip(by, k[:-1])}
-        row.update(method=k[-1], label=recs[0]["label"], n=len(recs))
+        row.update(method=k[-1], label=recs[0]["label"], n=len(recs),
+                   current_units=units.get(k[-1], True))
         for name, (_, scale, _) in METRICS.items():
             st = _stats([r[name] for r in recs])
             suffix = "_mm" if scale != 1.0 else ""
@@ -167,8 +177,22 @@ def _fmt_iqr(row, name):
     return f"{_fmt(med, f)} [{_fmt(lo, f)}, {_fmt(hi, f)}]"
 
 
+def _current_units(row):
+    """Whether a summary row's method outputs A·m (rows read back from a CSV
+    carry 1.0 / 0.0; rows without the column count as A·m)."""
+    v = row.get("current_units", True)
+    if isinstance(v, float) and not math.isfinite(v):
+        return True
+    return bool(v)
+
+
 def markdown_table(rows, title=None, extra_cols=()):
-    """Markdown tables: mean ± std, then median [q25, q75], per method."""
+    """Markdown tables: mean ± std, then median [q25, q75], per method.
+
+    The rMSE of a method whose output is not in A·m (a noise-normalised
+    statistic: sLORETA, dSPM) is marked with :data:`NOT_CURRENT_MARK` and
+    explained in a footnote.
+    """
     lines = []
     if title:
         lines += [f"### {title}", ""]
@@ -182,12 +206,24 @@ def markdown_table(rows, title=None, extra_cols=()):
         for r in rows:
             cells = [str(r[c]) for c in extra_cols] + [r["label"], str(r["n"])]
             for m in METRICS:
-                cells.append(_fmt_metric(r, m) if kind.startswith("mean")
-                             else _fmt_iqr(r, m))
+                cell = (_fmt_metric(r, m) if kind.startswith("mean")
+                        else _fmt_iqr(r, m))
+                if m == "rmse" and not _current_units(r):
+                    cell += f" {NOT_CURRENT_MARK}"
+                cells.append(cell)
             cells += [_fmt(r["seconds_per_sample"], "{:.4f}"),
                       _fmt(r["setup_seconds_per_sample"], "{:.3f}"),
                       _fmt(r["n_iter_mean"], "{:.0f}")]
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    other_units = list(dict.fromkeys(r["label"] for r in rows
+                                     if not _current_units(r)))
+    if other_units:
+        lines.append(
+            f"{NOT_CURRENT_MARK} rMSE not in A·m: {', '.join(other_units)} "
+            f"output{'s' if len(other_units) == 1 else ''} a noise-normalised "
+            "statistic, not a current, so this rMSE is not comparable with "
+            "the other rows' (compare EMD, F1 and LE).")
         lines.append("")
     notes = [r for r in rows if r["n_empty"] or r["n_failed"]]
     for r in notes:
@@ -275,8 +311,9 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     -------
     result : BenchmarkResult
     """
-
-
+    n_samples = check_positive_int(n_samples, "n_samples")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
     problem = as_problem(setting, bem_ico, config)
     if methods is None or isinstance(methods, str) or (
             len(methods) and isinstance(methods[0], str)):
@@ -296,7 +333,6 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     spent = {m.key: 0.0 for m in methods}
     skipped = {}
     records = []
-    n_samples = int(n_samples)
     bar = tqdm(total=n_samples * len(methods), disable=not progress,
                unit="fit", desc=problem.setting.name, leave=True)
     t_start = time.perf_counter()

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import mne
 import numpy as np
 
 from ..core.leadfield import (DEFAULT_CONDUCTIVITY, PERTURBED_CONDUCTIVITY,
                               average_reference)
+from ..core.metrics import source_neighbors
 from ..core.simulator import SimulationConfig
+from ..datasets import (fixed_eeg_forward, leadfield_from_forward, make_info,
+                        make_template_forward)
 
 #: Conductivities (S/m) the solvers assume.
 INVERSE_CONDUCTIVITY = DEFAULT_CONDUCTIVITY
@@ -144,8 +148,6 @@ class Problem:
     def neighbors(self):
         """Source neighbourhood of the LE metric (built once)."""
         if self._neighbors is None:
-            from ..core.metrics import source_neighbors
-
             self._neighbors = source_neighbors(self.pos)
         return self._neighbors
 
@@ -169,8 +171,6 @@ def load_problem(setting, *, bem_ico=None, config=None, verbose="error"):
     -------
     problem : Problem
     """
-    from ..datasets import make_info, make_template_forward
-
     setting = get_setting(setting)
     if bem_ico is not None:
         setting = setting.replace(bem_ico=int(bem_ico))
@@ -201,10 +201,6 @@ def problem_from_forward(fwd, fwd_sim=None, *, info=None, setting=None,
     config : SimulationConfig | None
         None uses the setting's.
     """
-    import mne
-
-    from ..datasets import fixed_eeg_forward, leadfield_from_forward
-
     with mne.utils.use_log_level("error"):
         fwd = fixed_eeg_forward(fwd)
         fwd_sim = fwd if fwd_sim is None else fixed_eeg_forward(fwd_sim)

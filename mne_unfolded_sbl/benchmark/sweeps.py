@@ -4,10 +4,13 @@ and metric versus iteration / layer (Figure 4)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from ..core.network import model_label
+from ..methods import unfolded_method
 from .methods import SBLMethod, resolve_methods
 from .runner import (BenchmarkResult, _evaluate, as_problem, simulate_batches,
                      summarize)
@@ -168,9 +171,11 @@ def run_layer_curve(setting, methods=None, *, n_samples=100, seed=0,
             if key in seen:
                 continue
             seen.add(key)
-            m = SBLMethod(key, "Conv. Bound. " + ("(γ,λ)" if m.learn_noise
-                                                  else "(γ)"),
-                          learn_noise=m.learn_noise, n_layers=cb_layers,
+            # the registry's classical solver, cb_layers deep, one curve
+            # per noise setting (its depth is the x axis, not in the label)
+            spec = unfolded_method("cb", m.learn_noise, n_layers=cb_layers)
+            m = SBLMethod(replace(spec, key=key,
+                                  label=model_label("cb", m.learn_noise)),
                           dtype=dtype)
         curve_methods.append(m)
     if not curve_methods:

@@ -5,6 +5,7 @@ installed (a GPU training box that receives lead fields as ``.npz``):
 
 - :mod:`.solver`: the convex-bounding (Champagne) updates on arrays;
 - :mod:`.corrections` and :mod:`.network`: the unfolded network;
+- :mod:`.multiscale`: smoothed cortical atoms for extended sources;
 - :mod:`.simulator`: batched EEG simulation on a lead field;
 - :mod:`.metrics`: rMSE, localisation error, EMD, F1;
 - :mod:`.leadfield`: the ``.npz`` lead-field format and the reference;

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ._utils import check_positive_int
 from .corrections import AttentionCorrection, BiasCorrection, MLPCorrection
-from .solver import (CBState, cb_iteration, posterior_kernel,
+from .solver import (CBState, cb_iteration, posterior_kernel, posterior_variance,
                      posterior_mean, prepare)
 
 #: Correction families by model name.
@@ -85,6 +86,17 @@ class UnfoldedOutput:
         K = posterior_kernel(self.L_n, g, lm, self.null_space)
         return K / self.l_scale.to(K.dtype)
 
+    def posterior_variance(self, layer=None):
+        """Posterior variance ``(B, N)`` of every lead-field column.
+
+        ``diag(Sigma_x)`` in the squared units of the source estimate (see
+        :func:`~mne_unfolded_sbl.core.solver.posterior_variance`).
+        """
+        g, lm = self._state(layer)
+        var = posterior_variance(self.L_n, g, lm, self.null_space)
+        scale = (self.y_scale / self.l_scale).square().to(var.dtype)[:, None]
+        return var * scale
+
 
 class UnfoldedLayer(nn.Module):
     """One unfolded iteration with optional source and noise corrections."""
@@ -132,8 +144,8 @@ class UnfoldedSBL(nn.Module):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-        if int(n_layers) < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        # 0 must not mean "default", 2.9 must not mean 2, True must not mean 1
+        n_layers = check_positive_int(n_layers, "n_layers")
         if model == "bias-cb" and (n_sources is None or
                                    (learn_noise and n_sensors is None)):
             raise ValueError("model='bias-cb' needs n_sources (and n_sensors "
@@ -170,7 +182,7 @@ class UnfoldedSBL(nn.Module):
         return len(self.layers)
 
     def forward(self, L, Cy, noise_var=None, *, n_layers=None,
-                return_trajectory=False, null_space=None):
+                return_trajectory=False, null_space=None, n_orient=1):
         """Run the unfolded solver.
 
         Parameters
@@ -191,6 +203,11 @@ class UnfoldedSBL(nn.Module):
             Sensor directions without data, e.g.
             ``NullSpace.average_reference(M)`` for average-referenced data
             (see :mod:`mne_unfolded_sbl.core.solver`).
+        n_orient : int
+            Consecutive columns of ``L`` that share one source variance (1:
+            fixed orientation; 3: free or loose orientation). The
+            corrections then act per source, on the statistics summed over
+            its orientations.
 
         Returns
         -------
@@ -199,9 +216,11 @@ class UnfoldedSBL(nn.Module):
         if not self.learn_noise and noise_var is None:
             raise ValueError("This source-only network needs the known "
                              "noise_var (learn_noise=False).")
-        prob = prepare(L, Cy, noise_var, self.noise_init, null_space)
+        prob = prepare(L, Cy, noise_var, self.noise_init, null_space,
+                       n_orient)
         L_n, Cy_n, state, null = prob.L_n, prob.Cy_n, prob.state, prob.null_space
-        K = self.n_layers if n_layers is None else int(n_layers)
+        K = (self.n_layers if n_layers is None
+             else check_positive_int(n_layers, "n_layers"))
         trajectory = []
         for layer in self.layers[:K]:
             if self.gradient_checkpointing and self.training:

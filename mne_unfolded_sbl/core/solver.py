@@ -36,6 +36,17 @@ the data subspace, completed by a unit variance on the null directions::
 
 The source statistics keep their form; the noise denominator becomes
 ``c_m = (P W P)_mm = W_mm - (Q Q^T)_mm``.
+
+Sources with several orientations (loose or free orientation) come as
+groups of ``n_orient`` consecutive lead-field columns that share one
+variance (``x_n(t) ~ N(0, gamma_n I)``, MNE's ``xyz_same_gamma=True``):
+``gamma`` then has ``N / n_orient`` entries, and the group statistics are
+the sums over its columns (the convex bound of ``log|Sigma_y|`` is linear
+in ``gamma_n`` with slope ``tr(L_n^T W L_n)``)::
+
+    a_n = gamma_n^2 sum_o (L^T W C_y W L)_(no,no)   b_n = sum_o (L^T W L)_(no,no)
+
+The number of orientations is always ``L.shape[1] // gamma.shape[1]``.
 """
 
 from dataclasses import dataclass
@@ -45,7 +56,7 @@ import torch
 #: The public surface; the iterations, statistics and normalisation below
 #: are internals of the core (used by the network), not API.
 __all__ = ["CBResult", "NullSpace", "convex_bounding", "covariance_statistic",
-           "posterior_kernel", "posterior_mean"]
+           "posterior_kernel", "posterior_mean", "posterior_variance"]
 
 #: Additive stabiliser of the log-statistics (normalised units, see
 #: :func:`normalize_problem`).  Small enough that the log-domain update
@@ -175,9 +186,24 @@ def covariance_statistic(Y):
     return Y @ Y.transpose(-1, -2) / Y.shape[-1]
 
 
+def n_orient_of(L, gamma):
+    """Columns of ``L`` per variance of ``gamma`` (1, or 3 for free/loose)."""
+    n_cols, n_var = L.shape[-1], gamma.shape[-1]
+    if n_var < 1 or n_cols % n_var:
+        raise ValueError(f"The lead field has {n_cols} columns, which is not a "
+                         f"multiple of the {n_var} source variances.")
+    return n_cols // n_var
+
+
+def column_variances(L, gamma):
+    """``gamma`` repeated for the ``n_orient`` columns of each source."""
+    n_orient = n_orient_of(L, gamma)
+    return gamma if n_orient == 1 else gamma.repeat_interleave(n_orient, -1)
+
+
 def model_covariance(L, gamma):
     """Return the source part ``L Gamma L^T`` of ``Sigma_y``, shape (B, M, M)."""
-    return (L * gamma.to(L.dtype)[:, None, :]) @ L.T
+    return (L * column_variances(L, gamma).to(L.dtype)[:, None, :]) @ L.T
 
 
 def precision(S, lam, null_space=None):
@@ -251,6 +277,9 @@ def source_stats(L, Cy, gamma, prec, with_cost=True, Lt=None):
     LtG = Lt @ G.transpose(0, 1).reshape(M, 2 * M * B)  # (N, B * 2M)
     bq = (LtG.view(-1, B, 2, M) * Lt[:, None, None, :]).sum(-1)  # (N, B, 2)
     bq = bq.permute(1, 2, 0)  # (B, 2, N)
+    n_orient = n_orient_of(L, gamma)
+    if n_orient > 1:  # one variance per group of columns: sum the group
+        bq = bq.reshape(B, 2, -1, n_orient).sum(-1)
     a = gamma.to(L.dtype).square() * bq[:, 1]
     cost = type2_cost(prec, Cy64) if with_cost else None
     return SourceStats(a=a, b=bq[:, 0], cost=cost)
@@ -348,13 +377,47 @@ def posterior_kernel(L, gamma, lam, null_space=None):
     Returns
     -------
     K : torch.Tensor, shape (B, N, M), in the dtype of ``L``; the posterior
-        mean of data ``Y`` is ``K @ Y``.
+        mean of data ``Y`` is ``K @ Y`` (one row per lead-field column).
     """
+    return _kernel_and_gain(L, gamma, lam, null_space)[0]
+
+
+def _kernel_and_gain(L, gamma, lam, null_space):
+    """``(Gamma L^T W, L^T W)`` per column, both (B, N, M)."""
     prec = precision(model_covariance(L, gamma), lam, null_space)
     B, M = prec.W.shape[0], L.shape[0]
     # L^T W for the whole batch in one (N x M) @ (M x BM) product
-    LtW = L.T @ prec.W.to(L.dtype).transpose(0, 1).reshape(M, B * M)
-    return gamma.to(L.dtype)[:, :, None] * LtW.view(-1, B, M).transpose(0, 1)
+    LtW = (L.T @ prec.W.to(L.dtype).transpose(0, 1).reshape(M, B * M)
+           ).view(-1, B, M).transpose(0, 1)
+    g = column_variances(L, gamma).to(L.dtype)
+    return g[:, :, None] * LtW, LtW
+
+
+def posterior_variance(L, gamma, lam, null_space=None):
+    """Posterior variance of every source, ``diag(Gamma - Gamma L^T W L Gamma)``.
+
+    The diagonal of the posterior covariance ``Sigma_x`` (MATH.md), from the
+    same factorisation as the posterior mean: ``gamma_n - gamma_n^2
+    (L^T W L)_nn`` per lead-field column, in ``O(N M^2)``.
+
+    Parameters
+    ----------
+    L : torch.Tensor, shape (M, N)
+    gamma : torch.Tensor, shape (B, N) or (B, N / n_orient)
+    lam : torch.Tensor, shape (B, M)
+    null_space : NullSpace | None
+
+    Returns
+    -------
+    var : torch.Tensor, shape (B, N)
+        One variance per lead-field column, in the units of ``gamma``
+        (clamped at 0 against round-off).
+    """
+    K, LtW = _kernel_and_gain(L, gamma, lam, null_space)
+    g = column_variances(L, gamma).to(L.dtype)
+    # (L^T W L)_nn = sum_m (L^T W)_nm L_mn
+    b = (LtW * L.T[None]).sum(-1)
+    return (g - g.square() * b).clamp_min(0.0)
 
 
 def posterior_mean(L, gamma, lam, Y, null_space=None):
@@ -384,17 +447,21 @@ class CBState:
     S: torch.Tensor  # (B, M, M): L Gamma L^T for the current gamma
 
 
-def initial_state(L, Cy, noise_var=None, noise_init=0.1):
+def initial_state(L, Cy, noise_var=None, noise_init=0.1, n_orient=1):
     """Starting point of the solver on a normalised problem.
 
     ``gamma`` starts flat with ``diag(L Gamma L^T)`` equal, on average, to
     the data power not explained by the initial noise; ``lam`` starts at
     ``noise_var`` when given (known or initial noise, normalised units),
     else at ``noise_init`` times the mean sensor power (which is 1 after
-    :func:`normalize_problem`).
+    :func:`normalize_problem`). With ``n_orient`` columns per source,
+    ``gamma`` has ``N / n_orient`` entries.
     """
     B, M = Cy.shape[0], L.shape[0]
-    N = L.shape[1]
+    if L.shape[1] % int(n_orient):
+        raise ValueError(f"The lead field has {L.shape[1]} columns, not a "
+                         f"multiple of n_orient={n_orient}.")
+    N = L.shape[1] // int(n_orient)
     dtype, device = L.dtype, L.device
     if noise_var is None:
         lam = torch.full((B, M), float(noise_init), dtype=dtype, device=device)
@@ -425,13 +492,16 @@ class NormalizedProblem:
         return gamma_n * y2 / l2, lam_n * y2
 
 
-def prepare(L, Cy, noise_var=None, noise_init=0.1, null_space=None):
+def prepare(L, Cy, noise_var=None, noise_init=0.1, null_space=None,
+            n_orient=1):
     """Normalise ``(L, Cy)`` and build the starting state.
 
     ``noise_var`` (known or initial noise variances, shape ``(B, M)`` or
     ``(M,)``, in the units of ``Cy``) is normalised with the data.
     ``null_space`` (a :class:`NullSpace`) names the sensor directions the
     data and the lead field do not reach (see the module docstring).
+    ``n_orient`` columns of ``L`` share one variance (1: fixed orientation,
+    3: free or loose orientation).
     """
     null_space = _null_space_like(null_space, L.device)
     L_n, Cy_n, l_scale, y_scale = normalize_problem(L, Cy, null_space)
@@ -439,7 +509,7 @@ def prepare(L, Cy, noise_var=None, noise_init=0.1, null_space=None):
     if noise_var is not None:
         y2 = (y_scale ** 2).to(L.dtype)[:, None]
         nv = noise_var.to(dtype=L.dtype, device=L.device) / y2
-    state = initial_state(L_n, Cy_n, nv, noise_init)
+    state = initial_state(L_n, Cy_n, nv, noise_init, n_orient)
     return NormalizedProblem(L_n, Cy_n, l_scale, y_scale, state, null_space,
                    L_n.T.contiguous())
 
@@ -522,7 +592,7 @@ class CBResult:
 
 def convex_bounding(L, Cy, *, learn_noise=True, noise_var=None, noise_init=0.1,
                     max_iter=25, tol=None, tol_type="cost", rel_threshold=None,
-                    null_space=None):
+                    null_space=None, n_orient=1):
     """Classical convex-bounding Champagne, fixed depth or to convergence.
 
     Parameters
@@ -550,16 +620,21 @@ def convex_bounding(L, Cy, *, learn_noise=True, noise_var=None, noise_init=0.1,
     null_space : NullSpace | None
         Sensor directions without data (average reference, projectors);
         see the module docstring.
+    n_orient : int
+        Consecutive columns of ``L`` that share one variance (1: fixed
+        orientation; 3: free or loose orientation, MNE's
+        ``xyz_same_gamma=True``).
 
     Returns
     -------
     result : CBResult
+        ``gamma`` has ``N / n_orient`` entries per sample.
     """
     if not learn_noise and noise_var is None:
         raise ValueError("noise_var is required when learn_noise=False.")
     if tol_type not in ("cost", "gamma"):
         raise ValueError(f"tol_type must be 'cost' or 'gamma', got {tol_type!r}")
-    prob = prepare(L, Cy, noise_var, noise_init, null_space)
+    prob = prepare(L, Cy, noise_var, noise_init, null_space, n_orient)
     L_n, Cy_n, state, null_space = prob.L_n, prob.Cy_n, prob.state, prob.null_space
     B = Cy.shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=L.device)

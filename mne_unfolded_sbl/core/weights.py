@@ -10,6 +10,7 @@ bundled file is downloaded into pooch's cache and checked the same way.
 """
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -21,12 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-from ._utils import _validate_type, logger, warn
+from ._utils import _validate_type, check_positive_int, logger, warn
 from .network import MODEL_LABELS, MODELS, UnfoldedSBL
 
-__all__ = ["fetch_weights", "load_model", "load_weights", "read_metadata",
-           "register_weights", "registry", "registry_key", "resolve_model",
-           "save_model", "sha256"]
+__all__ = ["check_finite_parameters", "fetch_weights", "load_model",
+           "load_weights", "read_metadata", "register_weights", "registry",
+           "registry_key", "resolve_model", "save_model", "sha256"]
 
 REGISTRY_FILE = "registry.json"
 DEFAULT_N_LAYERS = 25
@@ -108,7 +109,15 @@ def read_metadata(fname):
 
 
 def load_weights(fname):
-    """Build an :class:`UnfoldedSBL` from a weights file."""
+    """Build an :class:`UnfoldedSBL` from a weights file.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a weights file of this package, its tensors do
+        not fit the network its config describes (another architecture or
+        version), or a parameter is NaN or infinite.
+    """
     fname = Path(fname)
     if not fname.is_file():
         raise FileNotFoundError(f"Weights file not found: {fname}")
@@ -120,10 +129,87 @@ def load_weights(fname):
             raise
         raise ValueError(f"Could not read weights file {fname}: it is "
                          f"corrupted or not a safetensors file ({err}).") from None
-    net = UnfoldedSBL(**config)
-    net.load_state_dict(state)
+    net = _network_from_config(config, fname)
+    _load_state(net, state, fname)
+    check_finite_parameters(net, f"The weights file {fname}")
     return net.to(torch.float64 if state and next(iter(state.values())).dtype
                   == torch.float64 else torch.float32)
+
+
+def _network_from_config(config, fname):
+    """``UnfoldedSBL(**config)`` with an error that names the file."""
+    if not isinstance(config, dict):
+        raise ValueError(f"The weights file {fname} has a config that is not "
+                         f"a dict ({type(config).__name__}); it was not "
+                         "written by mne_unfolded_sbl.core.weights.save_model.")
+    known = set(inspect.signature(UnfoldedSBL).parameters)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(
+            f"The weights file {fname} was written for another version of "
+            f"mne-unfolded-sbl: its config has the unknown setting(s) "
+            f"{unknown} (this version knows {sorted(known)}). Load it with "
+            "the version that trained it, or retrain with this one.")
+    try:
+        return UnfoldedSBL(**config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"The weights file {fname} has an invalid network "
+                         f"config {config}: {err}") from None
+
+
+def _describe_config(config):
+    keys = ("model", "n_layers", "learn_noise", "hidden", "embed_dim",
+            "n_heads", "n_sources", "n_sensors")
+    return ", ".join(f"{k}={config[k]!r}" for k in keys if k in config)
+
+
+def _load_state(net, state, fname):
+    """``net.load_state_dict(state)``, explaining what does not fit."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)}, network "
+              f"{tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for what, items in (("missing from the file", missing),
+                             ("unexpected (not in the network)", unexpected),
+                             ("of another shape", shapes)):
+            if items:
+                more = f" ... ({len(items)} in all)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} tensor(s) {what}: "
+                             f"{items[:5]}{more}")
+        raise ValueError(
+            f"The tensors of the weights file {fname} do not fit the network "
+            f"its config describes ({_describe_config(net.config)}): "
+            + "; ".join(parts) + ". The file holds the weights of another "
+            "architecture (model family, depth or widths) or was edited "
+            "after saving; use the file written by the training run "
+            "(mne_unfolded_sbl.core.weights.save_model), or retrain.")
+    net.load_state_dict(state)
+
+
+def check_finite_parameters(net, what="The network"):
+    """Raise if any parameter or buffer of ``net`` is NaN or infinite.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network.
+    what : str
+        How to name it in the error, e.g. ``"The weights file <path>"``.
+    """
+    bad = [k for k, v in net.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" ... ({len(bad)} in all)" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{what} has non-finite (NaN/Inf) parameters: {bad[:5]}{more}. "
+            "These weights come from a diverged training run (or were "
+            "damaged); they would make every estimate NaN. Use the weights "
+            "of an earlier checkpoint, retrain, or use a bundled model "
+            "(model='deep-cb').")
 
 
 def load_model(model="deep-cb", learn_noise=True, n_layers=None):
@@ -137,13 +223,27 @@ def load_model(model="deep-cb", learn_noise=True, n_layers=None):
     learn_noise : bool
         Joint (gamma, lambda) or source-only model.
     n_layers : int | None
-        Depth; only the classical ``"cb"`` accepts a value other than the
-        trained depth.
+        Depth, an integer >= 1 (None: the model's own, 25 for ``"cb"``);
+        only the classical ``"cb"`` accepts a value other than the trained
+        depth.
+
+    Notes
+    -----
+    A network passed as ``model`` is returned as it is (not copied, not
+    converted); the MNE-facing functions never modify it.
     """
+    if isinstance(model, dict):
+        raise TypeError(
+            "model is a dict (a state dict?); pass a network or a weights "
+            "file: net = UnfoldedSBL(**config); net.load_state_dict(state), "
+            "or save_model(net, 'weights.safetensors') and pass the path.")
     _validate_type(model, (str, Path, UnfoldedSBL), "model")
+    if n_layers is not None:
+        n_layers = check_positive_int(n_layers, "n_layers")
     if isinstance(model, str) and model in MODELS:
         if model == "cb":
-            return UnfoldedSBL(n_layers or DEFAULT_N_LAYERS, "cb", learn_noise)
+            return UnfoldedSBL(DEFAULT_N_LAYERS if n_layers is None else
+                               n_layers, "cb", learn_noise)
         net = load_weights(fetch_weights(registry_key(model, learn_noise)))
     elif isinstance(model, UnfoldedSBL):
         net = model
@@ -160,7 +260,7 @@ def load_model(model="deep-cb", learn_noise=True, n_layers=None):
             f"{net.learn_noise}, but learn_noise={learn_noise} was requested. "
             f"Pass learn_noise={net.learn_noise} or the other model variant."
         )
-    if n_layers is not None and int(n_layers) != net.n_layers:
+    if n_layers is not None and n_layers != net.n_layers:
         raise ValueError(
             f"The {net.model} network has {net.n_layers} trained layers; "
             f"n_layers={n_layers} is only possible with model='cb'."
@@ -173,6 +273,13 @@ def load_model(model="deep-cb", learn_noise=True, n_layers=None):
 def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
     """Load a model, falling back to classical convex bounding if needed.
 
+    Only a bundled model name whose weights are not available here (not
+    registered, not downloadable, or failing the hash check) falls back to
+    ``"cb"``, with a warning and a ``note``. Every other problem (a wrong
+    ``n_layers`` or ``learn_noise``, a network or weights file that cannot
+    be used) is an error: a model the user chose is never silently
+    replaced.
+
     Parameters
     ----------
     model : str | UnfoldedSBL | path-like
@@ -180,7 +287,8 @@ def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
     learn_noise : bool
         Joint (γ, λ) or source-only model.
     n_layers : int | None
-        Depth (only the classical ``"cb"`` accepts any value).
+        Depth, an integer >= 1 (only the classical ``"cb"`` accepts any
+        value).
 
     Returns
     -------
@@ -191,20 +299,25 @@ def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
     note : str | None
         Why the fallback happened (None if there was none).
     """
-    try:
-        net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
-        return net, (model if isinstance(model, str) and model in MODEL_LABELS
-                     else net.model), None
-    except (ValueError, TypeError, OSError, ImportError) as err:
-        if isinstance(model, str) and model == "cb":
-            raise
-        note = (f"Pretrained weights for {model!r} "
-                f"(learn_noise={learn_noise}) are not available ({err}). "
-                "Falling back to the classical convex-bounding solver "
-                "(model='cb', 25 iterations): the estimate shown as "
-                f"'{MODEL_LABELS.get(str(model), model)}' is NOT a learned model.")
-        warn(note)
-        return load_model("cb", learn_noise=learn_noise, n_layers=None), "cb", note
+    if n_layers is not None:  # a wrong depth is an error, not a fallback
+        n_layers = check_positive_int(n_layers, "n_layers")
+    if isinstance(model, str) and model in MODELS and model != "cb":
+        try:
+            fetch_weights(registry_key(model, learn_noise))
+        except (ValueError, OSError, ImportError) as err:
+            note = (f"Pretrained weights for {model!r} "
+                    f"(learn_noise={learn_noise}) are not available ({err}). "
+                    "Falling back to the classical convex-bounding solver "
+                    "(model='cb', 25 iterations): the estimate shown as "
+                    f"'{MODEL_LABELS.get(str(model), model)}' is NOT a "
+                    "learned model.")
+            warn(note)
+            return (load_model("cb", learn_noise=learn_noise, n_layers=None),
+                    "cb", note)
+    net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
+    return net, (model if isinstance(model, str) and model in MODEL_LABELS
+                 else net.model), None
+
 
 def sha256(fname):
     """The sha256 hex digest of a file."""

@@ -3,7 +3,8 @@
 See ``doc/head_model.rst`` for how the embedded template is built.
 """
 
-from ._forward import SPACINGS, electrode_scalp_distances, make_template_forward
+from ._forward import (SPACINGS, electrode_scalp_distances,
+                       make_template_forward, resolve_bem_ico)
 from ._leadfield import (fixed_eeg_forward, leadfield_from_forward,
                          save_leadfield_npz)
 from ._montage import (
@@ -27,6 +28,7 @@ __all__ = [
     "make_info",
     "make_montage",
     "make_template_forward",
+    "resolve_bem_ico",
     "leadfield_from_forward",
     "save_leadfield_npz",
 ]

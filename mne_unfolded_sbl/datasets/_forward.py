@@ -176,6 +176,36 @@ def _compute_forward(info, spacing, subjects_dir, bem):
 
 
 @verbose
+def resolve_bem_ico(bem_ico="auto", conductivity=DEFAULT_CONDUCTIVITY, *,
+                    source="auto", verbose=None):
+    """The BEM grade that ``bem_ico="auto"`` stands for.
+
+    Parameters
+    ----------
+    bem_ico : "auto" | 3 | 4
+        ``"auto"``: the accurate ico4 BEM when its solution (for this
+        ``conductivity`` and fsaverage) is already cached, else the fast
+        ico3 BEM (seconds; lead fields within about 8 %%). 3 or 4 are
+        returned as they are.
+    conductivity : tuple of float
+        Brain, skull and scalp conductivities in S/m.
+    source : ``"auto"`` | ``"embedded"`` | ``"real"`` | ``"download"``
+        Which fsaverage, see :func:`get_subjects_dir`.
+    %(verbose)s
+
+    Returns
+    -------
+    bem_ico : 3 | 4
+    """
+    if bem_ico != "auto":
+        _check_option("bem_ico", bem_ico, BEM_ICOS + ("auto",))
+        return int(bem_ico)
+    conductivity = _check_conductivity(conductivity)
+    kind, subjects_dir = resolve_source(source)
+    cached = _bem_fname(_source_key(kind, subjects_dir), 4, conductivity)
+    return 4 if cached.is_file() else 3
+
+
 def make_template_forward(
     montage="train-64",
     spacing="ico3",
@@ -207,14 +237,18 @@ def make_template_forward(
         ``0..2561`` of each fsaverage hemisphere).
     conductivity : tuple of float
         Brain, skull and scalp conductivities in S/m.
-    bem_ico : 3 | 4
+    bem_ico : 3 | 4 | "auto"
         Icosahedron grade of the BEM surfaces (1280 or 5120 triangles per
         surface). 4 takes about a minute and 2 GB the first time; 3 is fast
-        (lead fields within about 8 %%).
+        (lead fields within about 8 %%); ``"auto"`` is 4 when that BEM is
+        already cached, else 3 (see :func:`resolve_bem_ico`).
     source : ``"auto"`` | ``"embedded"`` | ``"real"`` | ``"download"``
         Which fsaverage to use, see :func:`get_subjects_dir`.
     cache : bool
-        Read and write cached BEM solutions and forwards.
+        Read and write cached BEM solutions and forwards. A cached file that
+        cannot be read (e.g. truncated) is reported in a warning, deleted and
+        computed again. An unwritable cache directory is reported before
+        anything is computed.
     %(verbose)s
 
     Returns
@@ -225,7 +259,7 @@ def make_template_forward(
         the data).
     """
     _check_option("spacing", spacing, tuple(SPACINGS))
-    _check_option("bem_ico", bem_ico, BEM_ICOS)
+    bem_ico = resolve_bem_ico(bem_ico, conductivity, source=source)
     _validate_type(cache, bool, "cache")
     conductivity = _check_conductivity(conductivity)
     info = make_info(montage)

@@ -15,7 +15,7 @@ from mne.io.constants import FIFF
 from mne.utils import _check_option, logger, verbose
 
 from ._atlas import ATLAS_FILE, write_aparc
-from ._cache import CACHE_ENV, cache_dir, check_writable, discard
+from ._cache import CACHE_ENV, cache_dir, check_writable, discard  # noqa: F401
 
 SUBJECT = "fsaverage"
 SOURCES = ("auto", "embedded", "real", "download")
@@ -167,9 +167,10 @@ def _check_subject(fs_dir):
     """Return None if the materialised subject is intact, else (path, reason)."""
     try:
         files = json.loads((fs_dir / MARKER).read_text())["files"]
-        assert isinstance(files, dict) and files
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no file list")
     except Exception as err:
-        return fs_dir / MARKER, f"unreadable manifest: {type(err).__name__}"
+        return fs_dir / MARKER, f"unreadable manifest: {type(err).__name__}: {err}"
     stats = {}
     for name, (size, _) in files.items():
         path = fs_dir / name
@@ -206,7 +207,7 @@ def _embedded_subjects_dir():
         discard(
             subjects_dir,
             "fsaverage template",
-            f"{path.relative_to(subjects_dir)}: {reason}",
+            f"{path}: {reason}",
             tree=True,
         )
     elif subjects_dir.exists():  # e.g. left by a killed process
@@ -264,5 +265,17 @@ def get_subjects_dir(source="auto", *, verbose=None):
     -------
     subjects_dir : pathlib.Path
         The subjects dir (``subjects_dir / "fsaverage"`` is the subject).
+
+    Notes
+    -----
+    The embedded subject has the cortical surfaces, BEM surfaces,
+    head<->MRI transform and fiducials, ``mri/transforms/talairach.xfm`` (the
+    identity: fsaverage is in MNI305 space) with an empty ``mri/orig.mgz``
+    that only carries its header geometry (for :func:`mne.vertex_to_mni`,
+    :func:`mne.head_to_mni`), and the Desikan-Killiany ``label/?h.aparc.annot``
+    (for :func:`mne.read_labels_from_annot`). It has no MRI image, no
+    ``aseg`` and no other parcellation: use the real fsaverage for those.
+    Its files are checked against checksums each time it is used; a damaged
+    file is reported in a warning and the subject is written again.
     """
     return resolve_source(source)[1]

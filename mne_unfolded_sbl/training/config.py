@@ -9,7 +9,7 @@ but every key must be a known field. TOML has no ``null``: an empty string
 means "unset" for paths and ``0`` means "off" for ``rel_threshold`` and
 ``max_minutes``. Relative paths are relative to the working directory.
 
-This module imports neither MNE nor the simulator at import time.
+This module does not import MNE.
 """
 
 import dataclasses
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core.leadfield import DEFAULT_CONDUCTIVITY, PERTURBED_CONDUCTIVITY
+from ..core.simulator import SimulationConfig
 
 import tomllib
 
@@ -202,8 +203,6 @@ class TrainConfig:
 
     def simulation_config(self):
         """The :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` to use."""
-        from ..core.simulator import SimulationConfig
-
         return SimulationConfig(**self.simulation)
 
     def network_kwargs(self, n_sources, n_sensors):
@@ -296,8 +295,6 @@ def load_config(fname=None, **overrides):
 
 def _resolve_simulation(sim):
     """Fill in the SimulationConfig defaults and validate (plain types)."""
-    from ..core.simulator import SimulationConfig
-
     if isinstance(sim, SimulationConfig):
         sim = dataclasses.asdict(sim)
     allowed = {f.name for f in fields(SimulationConfig)}

@@ -100,7 +100,7 @@ def test_runner_table_and_files(synth, tmp_path):
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header[:6] == ["Method", "n", "rMSE", "EMD (mm)", "F1", "LE (mm)"]
     assert all(len(ln.strip("|").split("|")) == len(header) for ln in table)
-    assert markdown_table(rows).count("Conv. Bound.") == 8
+    assert markdown_table(rows).count("Convex bounding") == 8  # model_label
 
 
 def test_cb_beats_sloreta_on_easy_case(tiny_problem):

@@ -10,8 +10,10 @@ import torch
 
 from mne_unfolded_sbl.core import weights as pretrained
 from mne_unfolded_sbl.core.network import UnfoldedSBL
-from mne_unfolded_sbl.core.weights import (fetch_weights, load_model, load_weights,
-                                         registry, save_model)
+from mne_unfolded_sbl.core.weights import (check_finite_parameters,
+                                           fetch_weights, load_model,
+                                           load_weights, registry,
+                                           resolve_model, save_model)
 from mne_unfolded_sbl.core.solver import NullSpace, covariance_statistic
 
 REFERENCE = Path(__file__).parents[1] / "data" / "deep-cb_joint_reference.npz"
@@ -81,3 +83,31 @@ def test_save_load_round_trip(tmp_path):
     assert back.config == net.config
     for (k, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_resolve_model_falls_back_only_for_bundled_names(tmp_path):
+    """A bundled name without weights falls back to "cb" (with a warning);
+    a network or file the user chose is never silently replaced."""
+    with pytest.warns(RuntimeWarning, match="Falling back"):
+        net, name, note = resolve_model("deep-attn-cb", learn_noise=False)
+    assert name == "cb" and net.model == "cb" and note
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_model(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="learn_noise=True was requested"):
+        resolve_model(UnfoldedSBL(3, "deep-cb", False), learn_noise=True)
+    with pytest.raises(ValueError, match="n_layers must be >= 1"):
+        resolve_model("deep-cb", n_layers=0)
+    with pytest.raises(ValueError, match="only possible with model='cb'"):
+        resolve_model("deep-cb", n_layers=3)  # not "cb" with 25 layers
+    with pytest.raises(TypeError, match="state dict"):
+        resolve_model(UnfoldedSBL(3, "cb").state_dict())
+
+
+def test_check_finite_parameters():
+    net = UnfoldedSBL(3, "deep-cb", True)
+    check_finite_parameters(net)
+    with torch.no_grad():
+        net.layers[0].noise_correction.net[2].bias[1] = float("inf")
+    with pytest.raises(ValueError, match=r"The network has non-finite.*"
+                                         r"layers\.0\.noise_correction"):
+        check_finite_parameters(net)

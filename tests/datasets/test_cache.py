@@ -219,3 +219,22 @@ def test_mismatched_cached_forward_rebuilt(cache, monkeypatch):
     _assert_same_gain(fwd, fwd0)
     assert _forward._check_forward(mne.read_forward_solution(fname),
                                    fwd0["info"], "ico3") is None
+
+
+def test_resolve_bem_ico_auto(tmp_path, monkeypatch):
+    """``bem_ico="auto"`` is ico4 exactly when that BEM is cached."""
+    from mne_unfolded_sbl.datasets import resolve_bem_ico
+    from mne_unfolded_sbl.datasets._forward import _bem_fname, _source_key
+    from mne_unfolded_sbl.datasets._subject import resolve_source
+
+    monkeypatch.setenv("MNE_UNFOLDED_SBL_CACHE", str(tmp_path))
+    assert resolve_bem_ico(3) == 3 and resolve_bem_ico(4) == 4
+    assert resolve_bem_ico("auto") == 3
+    kind, subjects_dir = resolve_source("auto")
+    fname = _bem_fname(_source_key(kind, subjects_dir), 4, (0.3, 0.006, 0.3))
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    fname.write_bytes(b"x")
+    assert resolve_bem_ico("auto") == 4
+    assert resolve_bem_ico("auto", (0.33, 0.0045, 0.27)) == 3
+    with pytest.raises(ValueError, match="bem_ico"):
+        resolve_bem_ico(5)

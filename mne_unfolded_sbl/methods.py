@@ -1,0 +1,543 @@
+"""The comparison methods, defined once for the report and the benchmark.
+
+Every method the report (:func:`mne_unfolded_sbl.report.compute_estimate`,
+:func:`~mne_unfolded_sbl.report.add_unfolded_sbl_to_report`) and the
+benchmark (:mod:`mne_unfolded_sbl.benchmark`) run is an entry of this
+registry, with one set of settings. The report calls
+:meth:`ComparisonMethod.estimate` on MNE objects; the benchmark wraps the
+same entries in its per-sample (MNE) or batched (PyTorch) adapters, so a
+name means the same solver with the same settings in both.
+
+- ``"sloreta"``, ``"dspm"``, ``"eloreta"``, ``"mne"`` (:class:`MinimumNorm`;
+  labels sLORETA, dSPM, eLORETA, MNE (min. norm)):
+  :func:`mne.minimum_norm.apply_inverse` with the operator of
+  :func:`make_inverse_operator` (fixed orientation, depth weighting
+  :data:`DEPTH` where MNE allows it, i.e. for a free-orientation forward),
+  ``lambda2`` = :data:`LAMBDA2`.
+- ``"gamma-map"`` (:class:`GammaMap`; gamma_map (MNE)):
+  :func:`mne.inverse_sparse.gamma_map` with :data:`GAMMA_MAP_SETTINGS` and
+  ``alpha = 1 / nave``.
+- ``"mxne"`` (:class:`MixedNorm`; MxNE (MNE)):
+  :func:`mne.inverse_sparse.mixed_norm`, ``alpha`` = :data:`MXNE_ALPHA`
+  percent of ``alpha_max``, fixed orientation, MNE's defaults otherwise.
+- ``"cb"``, ``"cb-joint-25"``, ``"cb-source-25"`` (:class:`UnfoldedModel`;
+  Convex bounding (γ,λ) / (γ), 25 it.): the classical convex-bounding
+  solver, :data:`N_LAYERS` iterations, noise learned jointly (γ,λ) or
+  known (γ).
+- ``"cb-joint-conv"``, ``"cb-source-conv"`` (Convex bounding ..., converged):
+  the same until the relative Type-II cost decrease is below
+  :data:`CB_TOL` (at most :data:`CB_MAX_ITER` iterations); benchmark only.
+- ``"bias-cb"``, ``"deep-cb"``, ``"deep-attn-cb"`` and ``"<model>-joint"``,
+  ``"<model>-source"`` (Bias CB, Deep CB, Deep Attn CB with (γ,λ) or (γ)):
+  the pretrained networks of :data:`~mne_unfolded_sbl.core.network.MODELS`.
+
+A bare model name (``"cb"``, ``"deep-cb"``) takes ``learn_noise`` from the
+caller; ``"<model>-joint"`` / ``"<model>-source"`` fix it. A network or the
+path of a ``.safetensors`` weights file is accepted as well. Labels of the
+unfolded models come from :func:`mne_unfolded_sbl.core.network.model_label`.
+"""
+
+# License: BSD-3-Clause
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .core._utils import check_positive_int
+from .core.network import MODEL_LABELS, MODELS, model_label
+from .core.weights import DEFAULT_N_LAYERS
+
+__all__ = [
+    "LAMBDA2", "DEPTH", "GAMMA_MAP_SETTINGS", "MXNE_ALPHA", "N_LAYERS",
+    "CB_TOL", "CB_MAX_ITER",
+    "ComparisonMethod", "MinimumNorm", "GammaMap", "MixedNorm",
+    "UnfoldedModel",
+    "get_method", "method_names", "mne_methods", "classical_methods",
+    "unfolded_method", "make_inverse_operator", "expand_stc",
+]
+
+#: Regularisation of MNE's linear inverses, ``lambda2 = 1 / SNR**2`` with
+#: SNR = 3 (MNE's usual choice for evoked data; use ``1.`` for single trials).
+LAMBDA2 = 1.0 / 9.0
+#: Depth-weighting exponent of the linear inverses. MNE applies it only to
+#: a free-orientation forward (it refuses depth weighting of a
+#: fixed-orientation one, e.g. the package's template forwards, which then
+#: get none; sLORETA and dSPM normalise depth anyway).
+DEPTH = 0.8
+#: Settings of :func:`mne.inverse_sparse.gamma_map` (besides ``alpha = 1 /
+#: nave``: with a single-trial noise covariance the whitened noise of the
+#: evoked response has variance ``1 / nave``). ``update_mode=2`` is the
+#: convex-bounding update (the fixed point of ``cb-*-conv``), ``depth=None``
+#: as in the unfolded solver, MNE's defaults ``tol``, ``maxit`` and ``pca``
+#: (run to convergence).
+GAMMA_MAP_SETTINGS = dict(loose=0.0, depth=None, update_mode=2, tol=1e-6,
+                          maxit=10000, pca=True)
+#: MxNE regularisation in percent of ``alpha_max`` (doc/benchmarks.rst:
+#: picked on a separate tuning set of the train-cap-ico3 setting).
+MXNE_ALPHA = 10.0
+#: Depth (iterations) of the classical solver and of the networks.
+N_LAYERS = DEFAULT_N_LAYERS
+#: Convex bounding "run to convergence": stop a sample when the relative
+#: decrease of the Type-II cost falls below CB_TOL, at most CB_MAX_ITER.
+CB_TOL = 1e-6
+CB_MAX_ITER = 1000
+
+_MODES = {True: "joint", False: "source"}
+
+
+# ----------------------------------------------------------------------------
+# the one scatter helper
+
+
+def expand_stc(stc, fwd):
+    """Return ``stc`` on every source of ``fwd`` (missing sources are zero).
+
+    Sparse solvers (``gamma_map``, ``mixed_norm``) return only their active
+    sources; the report and the benchmark compare estimates source by
+    source.
+
+    Parameters
+    ----------
+    stc : mne.SourceEstimate
+        Surface estimate on a subset of the sources of ``fwd``.
+    fwd : mne.Forward
+        Forward solution.
+
+    Returns
+    -------
+    stc : mne.SourceEstimate
+        ``stc`` itself when it already has every source.
+
+    Raises
+    ------
+    ValueError
+        If ``stc`` has a vertex that is not a source of ``fwd``.
+    """
+    import mne
+
+    vertices = [s["vertno"] for s in fwd["src"]]
+    if all(np.array_equal(a, b) for a, b in zip(stc.vertices, vertices)):
+        return stc
+    data = np.zeros((sum(len(v) for v in vertices), stc.data.shape[1]))
+    offset = 0
+    for h, (verts_full, verts) in enumerate(zip(vertices, stc.vertices)):
+        rows = np.searchsorted(verts_full, verts)
+        if np.any(verts_full[np.minimum(rows, len(verts_full) - 1)] != verts):
+            raise ValueError("The source estimate has vertices that are not "
+                             "in the forward solution.")
+        src_rows = np.arange(len(verts)) + (len(stc.vertices[0]) if h else 0)
+        data[offset + rows] = stc.data[src_rows]
+        offset += len(verts_full)
+    return mne.SourceEstimate(data, vertices, tmin=stc.tmin, tstep=stc.tstep,
+                              subject=stc.subject)
+
+
+def _result(stc, fwd, method, **extra):
+    out = dict(stc=expand_stc(stc, fwd), label=method.label, name=method.key,
+               note=None, noise_cov=None,
+               unit="A·m" if method.current_units else "a.u.")
+    out.update(extra)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# registry entries
+
+
+@dataclass(frozen=True)
+class ComparisonMethod:
+    """One registry entry: a key, a display label and the settings.
+
+    Subclasses implement :meth:`estimate`.
+    """
+
+    key: str
+    label: str
+    #: "linear", "sparse" or "sbl".
+    family: ClassVar[str] = "?"
+    #: Whether the estimate is a current (A·m); False for noise-normalised
+    #: statistics (sLORETA, dSPM), whose rMSE has no physical meaning.
+    current_units: ClassVar[bool] = True
+
+    def describe(self):
+        """One line with the settings (documentation, run records)."""
+        return self.label
+
+    def estimate(self, evoked, fwd, noise_cov):  # pragma: no cover - abstract
+        """Localise ``evoked``; return a dict (see :meth:`apply`)."""
+        raise NotImplementedError
+
+    def apply(self, evoked, fwd, noise_cov):
+        """Localise ``evoked``.
+
+        Parameters
+        ----------
+        evoked : mne.Evoked
+            EEG evoked response with an average-reference projector.
+        fwd : mne.Forward
+            Forward solution.
+        noise_cov : mne.Covariance
+            Single-trial noise covariance.
+
+        Returns
+        -------
+        stc : mne.SourceEstimate
+            The estimate on every source of ``fwd``.
+        """
+        return self.estimate(evoked, fwd, noise_cov)["stc"]
+
+
+def make_inverse_operator(info, fwd, noise_cov):
+    """The inverse operator of every linear method (shared settings).
+
+    Fixed orientation (``loose=0``, ``fixed=True``), depth weighting
+    :data:`DEPTH` for a free-orientation forward and none for a fixed one.
+    """
+    import mne
+    from mne.io.constants import FIFF
+
+    fixed_fwd = fwd["source_ori"] == FIFF.FIFFV_MNE_FIXED_ORI
+    return mne.minimum_norm.make_inverse_operator(
+        info, fwd, noise_cov, loose=0.0, fixed=True,
+        depth=None if fixed_fwd else DEPTH, verbose=False)
+
+
+@dataclass(frozen=True)
+class MinimumNorm(ComparisonMethod):
+    """sLORETA, dSPM, eLORETA or MNE (:func:`mne.minimum_norm.apply_inverse`).
+
+    ``method`` is MNE's name of the method. The operator is
+    :func:`make_inverse_operator`; :meth:`prepare` and
+    :meth:`apply_prepared` split its application (the benchmark times them
+    separately and shares the operator between the linear methods).
+    """
+
+    method: str = "sLORETA"
+    lambda2: float = LAMBDA2
+    family: ClassVar[str] = "linear"
+
+    @property
+    def current_units(self):
+        return self.method in ("MNE", "eLORETA")
+
+    def describe(self):
+        return (f"{self.label}: mne.minimum_norm.apply_inverse(method="
+                f"{self.method!r}, lambda2={self.lambda2:.4g}), fixed "
+                f"orientation, depth={DEPTH} for free-orientation forwards, "
+                "none for fixed ones")
+
+    def prepare(self, inv, nave):
+        """:func:`mne.minimum_norm.prepare_inverse_operator` for this method."""
+        from mne.minimum_norm import prepare_inverse_operator
+
+        return prepare_inverse_operator(inv, nave, self.lambda2, self.method,
+                                        verbose=False)
+
+    def apply_prepared(self, evoked, prepared):
+        """Apply an operator from :meth:`prepare` (sparse-free stc)."""
+        from mne.minimum_norm import apply_inverse
+
+        return apply_inverse(evoked, prepared, self.lambda2, self.method,
+                             prepared=True, verbose=False)
+
+    def estimate(self, evoked, fwd, noise_cov):
+        inv = make_inverse_operator(evoked.info, fwd, noise_cov)
+        stc = self.apply_prepared(evoked, self.prepare(inv, evoked.nave))
+        return _result(stc, fwd, self)
+
+
+@dataclass(frozen=True)
+class GammaMap(ComparisonMethod):
+    """:func:`mne.inverse_sparse.gamma_map` with :data:`GAMMA_MAP_SETTINGS`.
+
+    ``alpha = 1 / nave``. MNE prunes only gammas below machine epsilon, so
+    most sources stay (tiny) in the estimate.
+    """
+
+    settings: tuple = tuple(GAMMA_MAP_SETTINGS.items())
+    family: ClassVar[str] = "sparse"
+
+    def describe(self):
+        kw = ", ".join(f"{k}={v!r}" for k, v in self.settings)
+        return (f"{self.label}: mne.inverse_sparse.gamma_map(alpha=1/nave, "
+                f"{kw})")
+
+    def estimate(self, evoked, fwd, noise_cov):
+        from mne.inverse_sparse import gamma_map
+
+        stc = gamma_map(evoked, fwd, noise_cov, alpha=1.0 / evoked.nave,
+                        verbose=False, **dict(self.settings))
+        return _result(stc, fwd, self)
+
+
+@dataclass(frozen=True)
+class MixedNorm(ComparisonMethod):
+    """:func:`mne.inverse_sparse.mixed_norm` (L21 mixed norm, MxNE).
+
+    ``alpha`` in percent of ``alpha_max`` (:data:`MXNE_ALPHA`), fixed
+    orientation, MNE's defaults otherwise (depth 0.8, debiasing, time PCA).
+    """
+
+    alpha: float = MXNE_ALPHA
+    family: ClassVar[str] = "sparse"
+
+    def describe(self):
+        return (f"{self.label}: mne.inverse_sparse.mixed_norm(alpha="
+                f"{self.alpha:g}, loose=0, depth=0.8, debias=True, "
+                "time_pca=True)")
+
+    def estimate(self, evoked, fwd, noise_cov):
+        from mne.inverse_sparse import mixed_norm
+
+        stc = mixed_norm(evoked, fwd, noise_cov, alpha=float(self.alpha),
+                         loose=0.0, verbose=False)
+        return _result(stc, fwd, self)
+
+
+@dataclass(frozen=True)
+class UnfoldedModel(ComparisonMethod):
+    """The classical convex-bounding solver or a learned unfolded network.
+
+    On MNE objects it runs :func:`mne_unfolded_sbl.apply_unfolded_sbl`;
+    the benchmark runs the same settings batched on arrays.
+
+    ``model`` is a name of :data:`~mne_unfolded_sbl.core.network.MODELS`,
+    a network or a weights path; ``n_layers`` the depth (``"cb"`` only;
+    None: the model's); ``tol`` (``"cb"`` only) runs the classical solver
+    to convergence instead (benchmark only).
+    """
+
+    model: object = "cb"
+    learn_noise: bool = True
+    n_layers: int | None = None
+    tol: float | None = None
+    max_iter: int = CB_MAX_ITER
+    family: ClassVar[str] = "sbl"
+
+    def describe(self):
+        noise = ("joint (gamma, lambda)" if self.learn_noise
+                 else "source-only, true noise")
+        if self.tol is not None:
+            return (f"{self.label}: classical convex bounding, {noise}, until "
+                    f"the relative Type-II cost decrease < {self.tol:g} "
+                    f"(max {self.max_iter} iterations)")
+        if self.model == "cb":
+            return (f"{self.label}: classical convex bounding, {noise}, "
+                    f"{self.n_layers or N_LAYERS} iterations")
+        return f"{self.label}: learned {self.model}, {noise}"
+
+    def estimate(self, evoked, fwd, noise_cov, *, fallback=True):
+        """Localise ``evoked``; return a dict.
+
+        Parameters
+        ----------
+        evoked, fwd, noise_cov
+            As in :meth:`ComparisonMethod.apply`.
+        fallback : bool
+            If True, a learned model without weights falls back to the
+            classical ``"cb"`` (:func:`~mne_unfolded_sbl.core.weights.resolve_model`),
+            with ``note`` saying so; else that is an error.
+
+        Returns
+        -------
+        result : dict
+            ``stc`` (A·m, every source of ``fwd``), ``label``, ``name``
+            (model actually run), ``note`` (fallback message or None),
+            ``noise_cov`` (learned noise with ``learn_noise``, else None),
+            ``unit`` (``"A·m"``).
+        """
+        from .core.weights import load_model, resolve_model
+        from .inverse import apply_unfolded_sbl
+
+        if self.tol is not None:
+            raise ValueError(
+                f"{self.key!r} (run to convergence) is a benchmark method on "
+                "arrays; on MNE objects use a fixed depth ('cb', n_layers).")
+        if fallback:
+            net, name, note = resolve_model(self.model, self.learn_noise,
+                                            self.n_layers)
+        else:
+            net = load_model(self.model, self.learn_noise, self.n_layers)
+            name, note = (self.model if self.model in MODELS else net.model), None
+        out = apply_unfolded_sbl(evoked, fwd, noise_cov, model=net,
+                                 learn_noise=self.learn_noise,
+                                 return_noise_cov=self.learn_noise,
+                                 verbose=False)
+        stc, cov = out if self.learn_noise else (out, None)
+        label = self.label
+        if note is not None:
+            cb = unfolded_method("cb", self.learn_noise)
+            label = (f"{cb.label} [fallback for "
+                     f"{MODEL_LABELS.get(str(self.model), self.model)}]")
+        elif not (isinstance(self.model, str) and self.model in MODELS):
+            label = _network_label(net, self.model)
+        return dict(stc=stc, label=label, name=name, note=note,
+                    noise_cov=cov, unit="A·m")
+
+
+def _network_label(net, source):
+    """Label of a network given as an object or a weights file."""
+    src = (Path(source).name if isinstance(source, (str, Path))
+           else "custom network")
+    return (f"{model_label(net.model, net.learn_noise)} "
+            f"[{src}, {net.n_layers} layers]")
+
+
+# ----------------------------------------------------------------------------
+# lookup
+
+
+def mne_methods(mxne_alpha=MXNE_ALPHA):
+    """MNE's solvers, by key.
+
+    Parameters
+    ----------
+    mxne_alpha : float
+        MxNE regularisation (percent of ``alpha_max``).
+
+    Returns
+    -------
+    methods : dict of str -> ComparisonMethod
+    """
+    return {
+        "sloreta": MinimumNorm("sloreta", "sLORETA", method="sLORETA"),
+        "dspm": MinimumNorm("dspm", "dSPM", method="dSPM"),
+        "eloreta": MinimumNorm("eloreta", "eLORETA", method="eLORETA"),
+        "mne": MinimumNorm("mne", "MNE (min. norm)", method="MNE"),
+        "gamma-map": GammaMap("gamma-map", "gamma_map (MNE)"),
+        "mxne": MixedNorm("mxne", "MxNE (MNE)", alpha=float(mxne_alpha)),
+    }
+
+
+def unfolded_method(model, learn_noise=True, *, n_layers=None, tol=None,
+                    max_iter=CB_MAX_ITER):
+    """The registry entry of an unfolded model and setting.
+
+    Parameters
+    ----------
+    model : str | UnfoldedSBL | path-like
+        A name of :data:`~mne_unfolded_sbl.core.network.MODELS`, a network
+        or a weights file.
+    learn_noise : bool
+        Joint ``(gamma, lambda)`` or source-only with known noise.
+    n_layers : int | None
+        Depth of ``"cb"`` (None: :data:`N_LAYERS`).
+    tol : float | None
+        ``"cb"`` only: run to convergence (relative cost decrease below
+        ``tol``, at most ``max_iter`` iterations).
+    max_iter : int
+        See ``tol``.
+
+    Returns
+    -------
+    method : UnfoldedModel
+        Key ``"cb-joint-25"``, ``"cb-source-conv"``, ``"deep-cb-joint"``,
+        or the path for a weights file.
+    """
+    learn_noise = bool(learn_noise)
+    mode = _MODES[learn_noise]
+    if isinstance(model, str) and model in MODELS:
+        if model != "cb" and (n_layers is not None or tol is not None):
+            raise ValueError(f"Only the classical 'cb' takes a depth or a "
+                             f"tolerance, not {model!r}.")
+        if model == "cb":
+            n_layers = (N_LAYERS if n_layers is None
+                        else check_positive_int(n_layers, "n_layers"))
+            depth = "conv" if tol is not None else str(n_layers)
+            tail = "converged" if tol is not None else f"{n_layers} it."
+            return UnfoldedModel(
+                f"cb-{mode}-{depth}", f"{model_label('cb', learn_noise)}, {tail}",
+                model="cb", learn_noise=learn_noise, n_layers=n_layers,
+                tol=tol, max_iter=max_iter)
+        return UnfoldedModel(f"{model}-{mode}", model_label(model, learn_noise),
+                             model=model, learn_noise=learn_noise)
+    from .core.network import UnfoldedSBL
+    from .core.weights import load_model
+
+    net = load_model(model, learn_noise=learn_noise)  # checks the setting
+    key = (f"{net.model}-{mode}-custom" if isinstance(model, UnfoldedSBL)
+           else str(model))
+    return UnfoldedModel(key, _network_label(net, model), model=model,
+                         learn_noise=learn_noise)
+
+
+def classical_methods():
+    """The four convex-bounding baselines of the benchmark, by key."""
+    out = {}
+    for learn_noise in (False, True):
+        for tol in (None, CB_TOL):
+            m = unfolded_method("cb", learn_noise, tol=tol)
+            out[m.key] = m
+    return out
+
+
+def _learned_keys():
+    return [f"{m}-{mode}" for m in MODELS if m != "cb"
+            for mode in _MODES.values()]
+
+
+def method_names():
+    """Every method name :func:`get_method` accepts (besides weights files)."""
+    return (list(mne_methods()) + list(MODELS) + list(classical_methods())
+            + _learned_keys())
+
+
+def _is_weights_path(method):
+    from .core.network import UnfoldedSBL
+
+    return (isinstance(method, (Path, UnfoldedSBL))
+            or (isinstance(method, str) and (
+                method.endswith(".safetensors") or Path(method).is_file())))
+
+
+def get_method(method, *, learn_noise=True, n_layers=None,
+               mxne_alpha=MXNE_ALPHA):
+    """Look a method up in the registry.
+
+    Parameters
+    ----------
+    method : str | UnfoldedSBL | path-like | ComparisonMethod
+        A name of :func:`method_names` (case-insensitive), a network or a
+        weights file; an entry is returned as is.
+    learn_noise : bool
+        For a bare model name (``"cb"``, ``"deep-cb"``) or a network.
+    n_layers : int | None
+        Depth of ``"cb"``.
+    mxne_alpha : float
+        MxNE regularisation.
+
+    Returns
+    -------
+    method : ComparisonMethod
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the valid ones.
+    """
+    if isinstance(method, ComparisonMethod):
+        return method
+    if _is_weights_path(method):
+        return unfolded_method(method, learn_noise)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, an UnfoldedSBL, a path or a "
+                        f"ComparisonMethod, got {type(method).__name__}.")
+    key = method.lower()
+    mne_ = mne_methods(mxne_alpha)
+    if key in mne_:
+        return mne_[key]
+    if key in MODELS:
+        return unfolded_method(key, learn_noise, n_layers=n_layers)
+    classical = classical_methods()
+    if key in classical:
+        return classical[key]
+    if key in _learned_keys():
+        model, _, mode = key.rpartition("-")
+        return unfolded_method(model, mode == "joint")
+    raise ValueError(f"Unknown method {method!r}; valid methods are "
+                     f"{method_names()}, an UnfoldedSBL network or a "
+                     ".safetensors weights file.")
