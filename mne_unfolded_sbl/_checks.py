@@ -12,47 +12,51 @@ from .core._utils import check_positive_int
 
 
 def check_forward(fwd):
-    """Validate a forward solution for fixed-orientation EEG source imaging."""
+    """Validate a forward solution: MEG and/or EEG, a source space."""
     _validate_type(fwd, mne.Forward, "fwd")
+    if len(mne.pick_types(fwd["info"], meg=True, eeg=True)) == 0:
+        raise ValueError(
+            "The forward solution has no MEG or EEG channels; compute it "
+            "with mne.make_forward_solution(..., meg=True, eeg=True).")
     kinds = {s["type"] for s in fwd["src"]}
-    if kinds != {"surf"}:
+    if not kinds <= {"surf", "vol"}:
         raise ValueError(
             f"The forward solution has source spaces of kind {sorted(kinds)}; "
-            "unfolded SBL needs a cortical *surface* source space (fixed "
-            "orientation normal to the cortex). Compute the forward on "
-            "mne.setup_source_space(...) instead of a volume/discrete space "
-            "(mne_unfolded_sbl.datasets.make_template_forward builds one)."
-        )
-    if len(mne.pick_types(fwd["info"], meg=False, eeg=True)) == 0:
-        raise ValueError(
-            "The forward solution has no EEG channels (MEG-only?). This "
-            "package models EEG; compute an EEG forward (eeg=True)."
-        )
+            "use a cortical surface source space (mne.setup_source_space; "
+            "mne_unfolded_sbl.datasets.make_template_forward builds one) or a "
+            "volume source space (with loose=1).")
     return fwd
 
 
 def pick_channels(info, fwd, noise_cov):
-    """Good EEG channels of ``info``; all must be in ``fwd`` and ``noise_cov``."""
-    picks = mne.pick_types(info, meg=False, eeg=True, exclude="bads")
+    """Good MEG and EEG channels of ``info``; all in ``fwd`` and ``noise_cov``."""
+    picks = mne.pick_types(info, meg=True, eeg=True, exclude="bads")
     if len(picks) == 0:
         raise ValueError(
-            "The data have no good EEG channels (MEG-only data, or every EEG "
-            "channel marked bad). This package models EEG."
-        )
+            "The data have no good MEG or EEG channels (every channel marked "
+            "bad, or other channel types only).")
     names = [info["ch_names"][p] for p in picks]
-    n_other = len(mne.pick_types(info, meg=True, exclude="bads"))
-    if n_other:
-        logger.info(f"Ignoring {n_other} MEG channels: only EEG is modelled.")
+    in_fwd = set(fwd["sol"]["row_names"])
+    unmodelled = [n for n in names if n not in in_fwd]
+    if unmodelled and len(unmodelled) < len(names):
+        # a channel type the forward does not have (e.g. EEG data with an
+        # MEG-only forward) is left out, as MNE's inverse operators do
+        types = set(info.get_channel_types(unmodelled))
+        fwd_types = set(fwd["info"].get_channel_types())
+        if not types & fwd_types:
+            logger.info(f"    Ignoring {len(unmodelled)} {'/'.join(sorted(types))} "
+                        "channel(s) the forward solution does not model.")
+            names = [n for n in names if n in in_fwd]
     for what, have in (("forward solution", fwd["sol"]["row_names"]),
                        ("noise covariance", noise_cov["names"])):
         missing = [n for n in names if n not in set(have)]
         if missing:
             raise ValueError(
-                f"{len(missing)} good EEG channel(s) of the data are missing "
+                f"{len(missing)} good channel(s) of the data are missing "
                 f"from the {what}: {missing[:10]}"
                 f"{' ...' if len(missing) > 10 else ''}. Mark them bad "
                 "(inst.info['bads']) or drop them, or recompute the "
-                f"{what} for this montage."
+                f"{what} for these sensors."
             )
     return names
 

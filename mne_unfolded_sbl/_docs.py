@@ -37,6 +37,35 @@ docdict["n_layers"] = """n_layers : int | None
     Number of unfolded layers (iterations), an integer >= 1. None uses
     the model's depth (25). Only the classical ``"cb"`` accepts another
     depth."""
+docdict["loose"] = """loose : float
+    Orientation constraint, as in MNE: 0 (default) keeps one dipole normal
+    to the cortex per vertex; ``0 < loose < 1`` adds the two tangential
+    dipoles with prior variance ``loose`` relative to the normal one; 1 is
+    free orientation (needed by volume source spaces). The orientations of
+    a vertex share one variance (``xyz_same_gamma``), so a vertex is active
+    or pruned as a whole. Fixed orientation is the default because the
+    bundled networks were trained on it, it keeps signed time courses and
+    it is three times cheaper; use ``loose=0.2`` (MNE's usual value) when
+    the forward's normals are uncertain (a template head)."""
+docdict["source_model"] = """source_model : "point" | "multiscale"
+    ``"point"`` (default): one variance per source. ``"multiscale"``:
+    one variance per smoothed cortical atom (each vertex's activity
+    diffused over the mesh at several extents, the point source
+    included; see :mod:`mne_unfolded_sbl.core.multiscale`), for extended
+    activity; surface source spaces with ``loose=0`` only."""
+docdict["loose_apply"] = """loose : float | None
+    Orientation constraint of the source model (see
+    :func:`make_unfolded_sbl_operator`); None: 0 (fixed), or the
+    operator's."""
+docdict["source_model_apply"] = """source_model : "point" | "multiscale" | None
+    Source model (see :func:`make_unfolded_sbl_operator`); None:
+    ``"point"``, or the operator's."""
+docdict["pick_ori"] = """pick_ori : None | "normal" | "vector"
+    As in MNE: None gives the signed estimate for fixed orientation and
+    the norm over the three orientations otherwise; ``"normal"`` the
+    component normal to the cortex; ``"vector"`` a
+    :class:`mne.VectorSourceEstimate` in head coordinates (loose or free
+    orientation only)."""
 docdict["device"] = """device : str
     Torch device, e.g. ``"cpu"`` or ``"cuda"``."""
 docdict["dtype"] = """dtype : "float32" | "float64"

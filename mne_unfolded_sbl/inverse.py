@@ -8,6 +8,7 @@ source variances absorb depth.
 
 import copy
 import threading
+from dataclasses import dataclass
 
 import mne
 import numpy as np
@@ -16,17 +17,19 @@ from mne._fiff.proj import make_projector
 # MNE's own helpers, as used by mne.inverse_sparse.gamma_map
 from mne.inverse_sparse.mxne_inverse import _compute_residual, _prepare_gain
 from mne.minimum_norm.inverse import _check_reference
-from mne.utils import (_validate_type, logger, object_size, sizeof_fmt,
-                       verbose, warn)
+from mne.utils import _validate_type, logger, verbose, warn
 
 from ._checks import (check_data_finite, check_device, check_dtype,
                       check_forward, check_n_layers, check_nave,
                       check_noise_cov, check_noise_cov_type, pick_channels)
 from ._docs import fill_doc
 from .core._utils import DTYPES
+from .core.multiscale import evidence_cost
 from .core.network import MODELS, model_label
 from .core.solver import NullSpace, covariance_statistic, prepare
 from .core.weights import check_finite_parameters, load_model, resolve_model
+from .source_models import (SourceModel, check_loose, check_pick_ori,
+                            check_source_model)
 
 #: Singular values of the whitener below this fraction of the largest are
 #: directions without data (reference, projectors, rank deficiency).
@@ -42,44 +45,14 @@ _PRUNED_RTOL = 1e-6
 _WEAK_RATIO = 0.5
 
 
-class _KernelSourceEstimate(mne.SourceEstimate):
-    """An :class:`mne.SourceEstimate` that stays a ``(kernel, sens_data)`` pair.
-
-    MNE's ``SourceEstimate.__repr__`` reads ``self.data``, which forms
-    ``kernel @ sens_data`` (``n_sources x n_times``: about 1 GB for 20k
-    sources and 1e5 samples) just to print a summary. This subclass only
-    changes the repr of an unformed estimate; everything else (``data``,
-    ``copy``, ``crop``, arithmetic, ``save``, ``plot``, pickling) is MNE's,
-    and ``isinstance(stc, mne.SourceEstimate)`` holds.
-    """
-
-    def __repr__(self):  # noqa: D105
-        if self._data is not None or self._kernel is None:
-            text = super().__repr__()  # formed: MNE's repr costs nothing
-            return "<SourceEstimate" + text[text.index(" |"):]
-        s = f"{sum(len(v) for v in self.vertices)} vertices"
-        if self.subject is not None:
-            s += f", subject : {self.subject}"
-        s += f", tmin : {1e3 * self.tmin} (ms)"
-        s += f", tmax : {1e3 * self.times[-1]} (ms)"
-        s += f", tstep : {1e3 * self.tstep} (ms)"
-        s += f", data shape : {self.shape}"
-        held = sum(object_size(x) for x in
-                   self.vertices + [self._kernel, self._sens_data])
-        itemsize = np.result_type(self._kernel, self._sens_data).itemsize
-        formed = int(np.prod(self.shape)) * itemsize
-        s += (f", ~{sizeof_fmt(held)} as kernel {self._kernel.shape} @ sensor "
-              f"data {self._sens_data.shape} (stc.data, formed on first "
-              f"access: ~{sizeof_fmt(formed)})")
-        return f"<SourceEstimate | {s}>"
-
-
 class UnfoldedSBLOperator:
-    """Forward and noise model prepared for one EEG channel set.
+    """Forward, source model and noise model prepared for one channel set.
 
-    The analogue of an MNE inverse operator: the fixed-orientation forward,
-    the whitened gain, the whitener (noise covariance and projectors) and
-    the directions the reference removes, computed once by
+    The analogue of an MNE inverse operator: the forward (fixed or loose
+    orientation), the source model (point or multi-scale, see
+    :mod:`mne_unfolded_sbl.source_models`), the whitened lead field the
+    solver sees, the whitener (noise covariance and projectors) and the
+    directions the reference removes, computed once by
     :func:`make_unfolded_sbl_operator` and passed as ``fwd`` to
     :func:`apply_unfolded_sbl` / :func:`apply_unfolded_sbl_epochs` for every
     evoked response or epochs object recorded with those channels. Data
@@ -88,9 +61,14 @@ class UnfoldedSBLOperator:
     """
 
     def __init__(self, fwd, gain, gain_info, whitener, null_space, rank,
-                 proj):
+                 proj, source_model):
         self.fwd = fwd
-        self.gain = gain
+        #: The whitened forward, one column per forward column (M, n_cols).
+        self.fwd_gain = gain
+        #: How the solver's columns map back to the source space.
+        self.source_model = source_model
+        #: The lead field the solver sees (orientation prior, atoms).
+        self.gain = source_model.solver_gain(gain)
         self.info = gain_info
         self.whitener = whitener
         self.null_space = null_space
@@ -106,39 +84,51 @@ class UnfoldedSBLOperator:
 
     @property
     def ch_names(self):
-        """The EEG channels the operator uses, in order."""
+        """The channels the operator uses, in order."""
         return list(self.info["ch_names"])
 
     @property
     def n_sources(self):
-        return self.gain.shape[1]
+        """Number of source-space vertices."""
+        return self.source_model.n_vertices
+
+    @property
+    def loose(self):
+        """The orientation constraint (0: fixed, 1: free)."""
+        return self.source_model.loose
 
     def __repr__(self):
         k = 0 if self.null_space is None else self.null_space.rank
-        return (f"<UnfoldedSBLOperator | {len(self.ch_names)} EEG channels, "
-                f"{self.n_sources} sources, data rank {len(self.ch_names) - k}>")
+        types = sorted(set(self.info.get_channel_types()))
+        sm = self.source_model
+        ori = "fixed" if sm.n_orient == 1 else f"loose={sm.loose:g}"
+        return (f"<UnfoldedSBLOperator | {len(self.ch_names)} channels "
+                f"({', '.join(types)}), {self.n_sources} sources ({sm.kind}, "
+                f"{ori}), data rank {len(self.ch_names) - k}>")
 
 
 @verbose
 @fill_doc
-def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
-                               verbose=None):
-    """Prepare forward and noise covariance once for many calls.
+def make_unfolded_sbl_operator(info, fwd, noise_cov, *, loose=0.0,
+                               source_model="point", rank=None, verbose=None):
+    """Prepare forward, source model and noise covariance once for many calls.
 
     Parameters
     ----------
     info : mne.Info
-        Measurement info of the data to localise: its good EEG channels
-        (``info["bads"]`` excluded) and projectors are used, as by
+        Measurement info of the data to localise: its good MEG and EEG
+        channels (``info["bads"]`` excluded) and projectors are used, as by
         :func:`mne.minimum_norm.make_inverse_operator`. The operator is
         refused for data with other projectors or with its channels
         missing or marked bad.
     fwd : mne.Forward
-        EEG forward solution on a surface source space (free or loose
-        orientation forwards are converted to fixed orientation).
+        MEG and/or EEG forward solution (surface source space; a volume
+        source space needs ``loose=1``).
     noise_cov : mne.Covariance
         Single-trial noise covariance, used to whiten (read one with
         :func:`mne.read_cov`).
+    %(loose)s
+    %(source_model)s
     %(rank)s
     %(verbose)s
 
@@ -151,26 +141,30 @@ def make_unfolded_sbl_operator(info, fwd, noise_cov, *, rank=None,
     """
     _validate_type(info, mne.Info, "info")
     fwd = check_forward(fwd)
+    loose = check_loose(loose, fwd["src"])
+    check_source_model(source_model, loose, fwd["src"])
     check_noise_cov_type(noise_cov)
     ch_names = pick_channels(info, fwd, noise_cov)
     check_noise_cov(noise_cov, ch_names)
     info = mne.pick_info(info, [info["ch_names"].index(n) for n in ch_names])
     fwd, _, gain_info, whitener, _, _ = _prepare_gain(
-        fwd, info, noise_cov, pca=False, depth=None, loose=0.0, rank=rank)
+        fwd, info, noise_cov, pca=False, depth=None, loose=loose, rank=rank)
     # As MNE's inverse operators do, project before whitening: with
     # rank="full" MNE's whitener alone amplifies the reference direction
     # (by ~1e8 here) instead of removing it.
     proj, _, _ = make_projector(gain_info["projs"], gain_info["ch_names"])
     whitener = whitener @ proj
-    # The whitened gain in V / (A.m) per unit noise, from MNE's
-    # fixed-orientation forward (equal to MNE's whitened gain divided by its
-    # global source weighting with rank=None, and clean with rank="full"),
-    # so that the solver's estimates are in A.m directly.
+    # The whitened gain in V / (A.m) per unit noise, from MNE's prepared
+    # forward (fixed, or surface-oriented for loose orientation; equal to
+    # MNE's whitened gain divided by its global source weighting with
+    # rank=None, and clean with rank="full"), so that the solver's
+    # estimates are in A.m directly. The source model adds MNE's
+    # orientation prior and, for "multiscale", the atoms.
     rows = [fwd["sol"]["row_names"].index(n) for n in gain_info["ch_names"]]
     gain = whitener @ fwd["sol"]["data"][rows]
     null = _whitener_null_space(whitener)
     return UnfoldedSBLOperator(fwd, gain, gain_info, whitener, null, rank,
-                               proj)
+                               proj, SourceModel(fwd, loose, source_model))
 
 
 class _InfoOnly:
@@ -180,8 +174,12 @@ class _InfoOnly:
         self.info = info
 
 
-def _operator_for(inst, fwd, noise_cov, rank):
-    """The operator to use for ``inst`` and the indices of its channels."""
+def _operator_for(inst, fwd, noise_cov, rank, loose=None, source_model=None):
+    """The operator to use for ``inst`` and the indices of its channels.
+
+    ``loose`` and ``source_model`` (None: 0 and ``"point"``) build the
+    operator from a forward; with an operator they must be None or its own.
+    """
     # MNE's pick_info checks the info it is given by briefly unlocking and
     # rewriting it, which is not thread-safe: work on a private copy, so
     # that threads can share one Evoked/Epochs (the copy is only read from
@@ -194,14 +192,25 @@ def _operator_for(inst, fwd, noise_cov, rank):
                 "covariance and rank: pass noise_cov=None (and rank=None), or "
                 "pass the forward solution itself.")
         op = fwd
+        for name, given, held in (("loose", loose, op.loose),
+                                  ("source_model", source_model,
+                                   op.source_model.kind)):
+            if given is not None and given != held:
+                raise ValueError(
+                    f"fwd is an UnfoldedSBLOperator made with {name}={held!r}; "
+                    f"{name}={given!r} cannot change it: pass {name}=None, or "
+                    f"make an operator with make_unfolded_sbl_operator(..., "
+                    f"{name}={given!r}).")
     else:
         if noise_cov is None:
             raise ValueError("noise_cov is required with a forward solution "
                              "(it is only optional with an "
                              "UnfoldedSBLOperator).")
         check_noise_cov_type(noise_cov)
-        op = make_unfolded_sbl_operator(info, fwd, noise_cov, rank=rank,
-                                        verbose=False)
+        op = make_unfolded_sbl_operator(
+            info, fwd, noise_cov, rank=rank, verbose=False,
+            loose=0.0 if loose is None else loose,
+            source_model="point" if source_model is None else source_model)
     ch_names = list(info["ch_names"])
     missing = [n for n in op.ch_names if n not in ch_names]
     bad = [n for n in op.ch_names if n in info["bads"]]
@@ -214,11 +223,11 @@ def _operator_for(inst, fwd, noise_cov, rank):
     _check_reference(_InfoOnly(info), op.ch_names)
     _check_proj_match(info, op)
     used = set(op.ch_names)
-    unused = [ch_names[i] for i in mne.pick_types(info, meg=False, eeg=True,
+    unused = [ch_names[i] for i in mne.pick_types(info, meg=True, eeg=True,
                                                   exclude="bads")
               if ch_names[i] not in used]
     if unused:
-        logger.info(f"    {len(unused)} good EEG channel(s) of the data are "
+        logger.info(f"    {len(unused)} good channel(s) of the data are "
                     f"not in the operator and are ignored: {unused[:10]}")
     return op, [ch_names.index(n) for n in op.ch_names]
 
@@ -267,12 +276,6 @@ def _check_proj_match(info, op):
         "wrong. Make the operator from this data's info: "
         "make_unfolded_sbl_operator(inst.info, fwd, noise_cov), or give the "
         "data the operator's projectors (inst.add_proj / inst.del_proj).")
-
-
-def _prepare(inst, fwd, noise_cov, rank):
-    """Pick, check and whiten; return the pieces shared by evoked/epochs."""
-    op, sel = _operator_for(inst, fwd, noise_cov, rank)
-    return op.fwd, op.gain, op.info, op.whitener, sel, op.null_space
 
 
 def _whitener_null_space(whitener):
@@ -356,19 +359,67 @@ def _whitened_statistic(data, whitener):
     return whitener @ C @ whitener.T
 
 
-def _run(model, gain, Cy, nave, learn_noise, device, dtype, null_space,
-         whitener):
+@dataclass
+class _Solution:
+    """What one batched pass of the network gives, in the data's terms."""
+
+    #: Posterior kernels per forward column, whitener folded in (B, n_cols,
+    #: M): the estimate of recorded data is ``K @ data``.
+    K: np.ndarray
+    #: Learned whitened noise variances (B, M).
+    lam: np.ndarray
+    #: Fraction of the whitened data power the sources carry (B,; ~0 when
+    #: every source was pruned).
+    share: np.ndarray
+    #: Posterior variance per forward column, A·m² (B, n_cols), or None.
+    var: np.ndarray = None
+    #: Final Type-II cost (B,) and variances of the solver (B, n_vars).
+    cost: np.ndarray = None
+    gamma: np.ndarray = None
+    #: Which samples kept the multi-scale model (B,), or None.
+    multiscale: np.ndarray = None
+
+
+def _run(model, op, Cy, nave, learn_noise, device, dtype, n_times,
+         posterior_var=False):
     """Run the ready network ``model`` on the whitened statistics ``Cy``.
 
-    Returns the posterior kernels ``K W_h`` (B, N, M) of the data as
-    recorded (whitener ``W_h`` folded in: posterior mean ``K W_h @ data``),
-    the learned whitened noise variances (B, M), both float64 numpy, the
-    fraction of the whitened data power the sources carry (B,; about 0
-    when every source was pruned) and the network output.
+    The solver works on the operator's lead field (orientation prior and
+    atoms folded in, :mod:`mne_unfolded_sbl.source_models`); its kernels
+    and variances come back per column of the forward. With the
+    multi-scale model the point model runs too, and each sample keeps the
+    model of lower :func:`~mne_unfolded_sbl.core.multiscale.evidence_cost`.
     """
+    sm = op.source_model
+    sol = _solve(model, op.gain, sm.basis, op, Cy, nave, learn_noise, device,
+                 dtype, posterior_var)
+    if sm.basis is not None:
+        point = _solve(model, sm.point_gain(op.fwd_gain), None, op, Cy, nave,
+                       learn_noise, device, dtype, posterior_var)
+        use_point = (evidence_cost(point.cost, point.gamma, n_times)
+                     <= evidence_cost(sol.cost, sol.gamma, n_times))
+        logger.info(f"    Multi-scale model kept for {int((~use_point).sum())} "
+                    f"of {len(use_point)} sample(s) (evidence), the point "
+                    "model for the others")
+        pick = use_point[:, None]
+        sol = _Solution(
+            K=np.where(pick[:, :, None], point.K, sol.K),
+            lam=np.where(pick, point.lam, sol.lam),
+            share=np.where(use_point, point.share, sol.share),
+            var=None if sol.var is None else np.where(pick, point.var,
+                                                      sol.var),
+            multiscale=~use_point)
+    return sol
+
+
+def _solve(model, L_solver, basis, op, Cy, nave, learn_noise, device, dtype,
+           posterior_var):
+    """One source model: the network on ``L_solver`` -> :class:`_Solution`."""
     dev = torch.device(device)
     tdtype = DTYPES[dtype]
-    L = torch.as_tensor(gain, dtype=tdtype, device=dev)
+    sm = op.source_model
+    L = torch.as_tensor(L_solver, dtype=tdtype, device=dev)
+    n_orient = 1 if basis is not None else sm.n_orient
     noise_var = None
     if not learn_noise:
         # whitened single-trial noise has unit variance; an average of nave
@@ -377,17 +428,28 @@ def _run(model, gain, Cy, nave, learn_noise, device, dtype, null_space,
                                device=dev)
     with torch.no_grad():
         out = model(L, torch.as_tensor(Cy, device=dev), noise_var,
-                    null_space=null_space)
-        K = out.posterior_kernel() @ torch.as_tensor(whitener, dtype=tdtype,
-                                                     device=dev)
+                    null_space=op.null_space, n_orient=n_orient)
+        K_solver = out.posterior_kernel().to(torch.float64).cpu().numpy()
+        var = out.posterior_variance() if posterior_var else None
+        cost = out.cost().to(torch.float64).cpu().numpy()
+    gamma = out.gamma.to(torch.float64).cpu().numpy()
+    if var is not None:
+        var = var.to(torch.float64).cpu().numpy()
+        if basis is not None:
+            var = np.stack([basis.vertex_variance(g, k, L_solver)
+                            for g, k in zip(gamma, K_solver)])
+        var = var * sm.col_std ** 2
+    if basis is not None:
+        K_solver = basis.to_vertices(K_solver)
+    K = (K_solver * sm.col_std[:, None]) @ op.whitener
     # trace(L diag(gamma) L^T) / trace(C_y): the share of the data power
     # the source model holds (O(M N), without forming L Gamma L^T)
-    gamma = out.gamma.to(torch.float64).cpu().numpy()
-    source_power = gamma @ (np.asarray(gain, np.float64) ** 2).sum(0)
+    col_gamma = np.repeat(gamma, n_orient, axis=-1)
+    source_power = col_gamma @ (np.asarray(L_solver, np.float64) ** 2).sum(0)
     data_power = np.trace(Cy, axis1=-2, axis2=-1)
     share = source_power / np.maximum(data_power, np.finfo(float).tiny)
-    return (K.to(torch.float64).cpu().numpy(),
-            out.lam.to(torch.float64).cpu().numpy(), share, out)
+    return _Solution(K, out.lam.to(torch.float64).cpu().numpy(), share, var,
+                     cost=cost, gamma=gamma)
 
 
 def _noise_levels(Cy, n_dims, nave):
@@ -490,18 +552,6 @@ def _noise_covariance(lam_w, whitener, ch_names, nfree):
     return mne.Covariance(diag, ch_names, bads=[], projs=[], nfree=nfree)
 
 
-def _make_stc(kernel, sens_data, fwd, tmin, tstep):
-    """A SourceEstimate in MNE's low-rank form ``(kernel, sens_data)``.
-
-    ``stc.data`` is ``kernel @ sens_data``, computed by MNE on first access:
-    the solver's cost does not grow with the number of time samples (nor
-    does ``repr(stc)``'s, see :class:`_KernelSourceEstimate`).
-    """
-    vertices = [s["vertno"] for s in fwd["src"]]
-    return _KernelSourceEstimate((kernel, sens_data), vertices, tmin=tmin,
-                                 tstep=tstep, subject=fwd["src"]._subject)
-
-
 def _data_dims(gain, null):
     return gain.shape[0] - (0 if null is None else null.rank)
 
@@ -509,15 +559,17 @@ def _data_dims(gain, null):
 @verbose
 @fill_doc
 def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
-                       learn_noise=True, n_layers=None, return_residual=False,
-                       return_noise_cov=False, rank=None, device="cpu",
+                       learn_noise=True, n_layers=None, loose=None,
+                       source_model=None, pick_ori=None,
+                       return_residual=False, return_noise_cov=False,
+                       return_posterior_std=False, rank=None, device="cpu",
                        dtype="float32", verbose=None):
     """Localise an evoked response with unfolded convex-bounding SBL.
 
     Parameters
     ----------
     evoked : instance of mne.Evoked
-        EEG data with an average-reference projector
+        MEG and/or EEG data; EEG with an average-reference projector
         (``evoked.set_eeg_reference(projection=True)``). The reference
         and any other projector remove sensor directions from the data; the
         solver works in the remaining subspace (without that, learning the
@@ -530,12 +582,21 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     %(model)s
     %(learn_noise)s
     %(n_layers)s
+    %(loose_apply)s
+    %(source_model_apply)s
+    %(pick_ori)s
     return_residual : bool
         Also return the residual (data minus fit) as an Evoked.
     return_noise_cov : bool
         Also return the learned sensor noise as a diagonal
         :class:`mne.Covariance` in the data's units (only with
         ``learn_noise=True``). Large values flag noisy channels.
+    return_posterior_std : bool
+        Also return the posterior standard deviation of every source
+        (A·m), from the diagonal of the posterior covariance
+        ``Gamma - Gamma L^T W L Gamma`` (the same factorisation as the
+        estimate). It does not depend on time: the estimate has the data's
+        times and the same value at each.
     %(rank)s
     %(device)s
     %(dtype)s
@@ -543,16 +604,20 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
 
     Returns
     -------
-    stc : instance of mne.SourceEstimate
+    stc : instance of mne.SourceEstimate | mne.VectorSourceEstimate
         Source time courses (A·m) on every source of ``fwd``; sources the
-        model prunes are (near) zero. Held, like MNE's own inverse
-        solutions can be, as the low-rank pair ``(kernel, sensor data)``:
-        ``stc.data`` is computed on first access, so the cost of the solver
-        does not grow with the number of time samples.
+        model prunes are (near) zero. For fixed orientation and
+        ``pick_ori="normal"`` held, like MNE's own inverse solutions can
+        be, as the low-rank pair ``(kernel, sensor data)``: ``stc.data`` is
+        computed on first access, so the cost of the solver does not grow
+        with the number of time samples. (Volume source spaces give MNE's
+        volume estimates.)
     residual : instance of mne.Evoked
         Only if ``return_residual``.
     noise_cov_learned : instance of mne.Covariance
         Only if ``return_noise_cov``.
+    posterior_std : instance of mne.SourceEstimate
+        Only if ``return_posterior_std``.
 
     Warns
     -----
@@ -576,9 +641,12 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     if return_noise_cov and not learn_noise:
         raise ValueError("return_noise_cov=True needs learn_noise=True: with "
                          "known noise nothing is learned about the sensors.")
+    _validate_type(return_posterior_std, bool, "return_posterior_std")
     check_data_finite(evoked.data, "evoked")
-    fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
-        evoked, fwd, noise_cov, rank)
+    op, sel = _operator_for(evoked, fwd, noise_cov, rank, loose, source_model)
+    check_pick_ori(pick_ori, op.source_model)
+    gain, gain_info, whitener, null = op.gain, op.info, op.whitener, \
+        op.null_space
     sens_data = evoked.data[sel]
     Cy = _whitened_statistic(sens_data, whitener)
     dof = _data_dims(gain, null) * sens_data.shape[1]
@@ -588,27 +656,32 @@ def apply_unfolded_sbl(evoked, fwd, noise_cov, model="deep-cb", *,
     net = _network(model, learn_noise, n_layers, device, dtype)
     logger.info(f"Running {net.model} ({net.n_layers} layers, "
                 f"{'joint gamma/lambda' if learn_noise else 'known noise'}) "
-                f"on {len(sel)} channels x {gain.shape[1]} sources")
-    K, lam, share, _ = _run(net, gain, Cy, evoked.nave, learn_noise, device,
-                            dtype, null, whitener)
-    _warn_empty(ratio, share, dof, evoked.nave, learn_noise, epochs=False)
+                f"on {len(sel)} channels x {gain.shape[1]} solver columns "
+                f"({op.source_model!r})")
+    sol = _run(net, op, Cy, evoked.nave, learn_noise, device, dtype,
+               sens_data.shape[1], posterior_var=return_posterior_std)
+    _warn_empty(ratio, sol.share, dof, evoked.nave, learn_noise, epochs=False)
     # the kernel of the data as recorded: whitening folded in, as in MNE
-    stc = _make_stc(K[0], sens_data, fwd_fixed, evoked.times[0],
-                    1.0 / evoked.info["sfreq"])
+    stc = op.source_model.make_stc(sol.K[0], sens_data, evoked.times[0],
+                                   1.0 / evoked.info["sfreq"], pick_ori)
     out = [stc]
     if return_residual:
-        out.append(_compute_residual(fwd_fixed, evoked, K[0] @ sens_data,
-                                     np.arange(stc.shape[0]), gain_info))
+        out.append(_compute_residual(op.fwd, evoked, sol.K[0] @ sens_data,
+                                     np.arange(sol.K.shape[1]), gain_info))
     if return_noise_cov:
-        out.append(_noise_covariance(lam[0], whitener, gain_info["ch_names"],
-                                     evoked.nave))
+        out.append(_noise_covariance(sol.lam[0], whitener,
+                                     gain_info["ch_names"], evoked.nave))
+    if return_posterior_std:
+        out.append(op.source_model.make_std_stc(sol.var[0], evoked.times,
+                                                pick_ori))
     return out[0] if len(out) == 1 else tuple(out)
 
 
 @verbose
 @fill_doc
 def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
-                              learn_noise=True, n_layers=None,
+                              learn_noise=True, n_layers=None, loose=None,
+                              source_model=None, pick_ori=None,
                               return_noise_cov=False, rank=None, device="cpu",
                               dtype="float32", batch_size=None, verbose=None):
     """Localise every epoch (single trials) in batched passes.
@@ -620,13 +693,16 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
     Parameters
     ----------
     epochs : instance of mne.BaseEpochs
-        EEG epochs with an average-reference projector, free of NaN/Inf
-        (the error names the epochs to drop).
+        MEG and/or EEG epochs (EEG with an average-reference projector),
+        free of NaN/Inf (the error names the epochs to drop).
     %(fwd_or_operator)s
     %(noise_cov)s
     %(model)s
     %(learn_noise)s
     %(n_layers)s
+    %(loose_apply)s
+    %(source_model_apply)s
+    %(pick_ori)s
     return_noise_cov : bool
         Also return the learned noise of every epoch (only with
         ``learn_noise=True``).
@@ -641,7 +717,7 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
 
     Returns
     -------
-    stcs : list of mne.SourceEstimate
+    stcs : list of mne.SourceEstimate | list of mne.VectorSourceEstimate
         One per epoch.
     noise_covs : list of mne.Covariance
         Only if ``return_noise_cov``: the learned noise of each epoch.
@@ -664,8 +740,10 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    fwd_fixed, gain, gain_info, whitener, sel, null = _prepare(
-        epochs, fwd, noise_cov, rank)
+    op, sel = _operator_for(epochs, fwd, noise_cov, rank, loose, source_model)
+    check_pick_ori(pick_ori, op.source_model)
+    gain, gain_info, whitener, null = op.gain, op.info, op.whitener, \
+        op.null_space
     data = epochs.get_data(picks=[epochs.ch_names[i] for i in sel])
     check_data_finite(data, "epochs")
     Cy = _whitened_statistic(data, whitener)
@@ -675,18 +753,15 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
         _check_known_noise(ratio, dof, 1, epochs=True)
     net = _network(model, learn_noise, n_layers, device, dtype)
     logger.info(f"Running {net.model} on {len(data)} epochs")
-    Ks, lams, shares = [], [], []
-    for start in range(0, len(data), batch_size):
-        K, lam, share, _ = _run(net, gain, Cy[start:start + batch_size], 1,
-                                learn_noise, device, dtype, null, whitener)
-        Ks.append(K)
-        lams.append(lam)
-        shares.append(share)
-    K, lam = np.concatenate(Ks), np.concatenate(lams)
-    _warn_empty(ratio, np.concatenate(shares), dof, 1, learn_noise,
-                epochs=True)
+    sols = [_run(net, op, Cy[start:start + batch_size], 1, learn_noise,
+                 device, dtype, data.shape[-1])
+            for start in range(0, len(data), batch_size)]
+    K = np.concatenate([s.K for s in sols])
+    lam = np.concatenate([s.lam for s in sols])
+    _warn_empty(ratio, np.concatenate([s.share for s in sols]), dof, 1,
+                learn_noise, epochs=True)
     tstep = 1.0 / epochs.info["sfreq"]
-    stcs = [_make_stc(k, d, fwd_fixed, epochs.times[0], tstep)
+    stcs = [op.source_model.make_stc(k, d, epochs.times[0], tstep, pick_ori)
             for k, d in zip(K, data)]
     if return_noise_cov:
         covs = [_noise_covariance(lm, whitener, gain_info["ch_names"], 1)
@@ -760,9 +835,13 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
                            n_dims * Y.shape[-1], evoked.nave, epochs=False)
         noise_var = torch.full((L.shape[0],), 1.0 / evoked.nave,
                                dtype=torch.float64)
+    sm = op.source_model
+    n_orient = 1 if sm.basis is not None else sm.n_orient
     with torch.no_grad():
-        out = net(L, Cy, noise_var, return_trajectory=True, null_space=null)
-        g_prev = prepare(L, Cy, noise_var, net.noise_init, null).state
+        out = net(L, Cy, noise_var, return_trajectory=True, null_space=null,
+                  n_orient=n_orient)
+        g_prev = prepare(L, Cy, noise_var, net.noise_init, null,
+                         n_orient).state
         gamma_prev, lam_prev = g_prev.gamma[0], g_prev.lam[0]
         res = {k: [] for k in ("cost", "gamma_change", "lam_change",
                                "mean_abs_delta_source", "mean_abs_delta_noise")}
@@ -786,8 +865,9 @@ def unfolded_sbl_trajectory(evoked, fwd, noise_cov, model="deep-cb", *,
                     d = d[0].detach().to(torch.float64).cpu().numpy()
                     res[key].append(float(np.mean(np.abs(d))))
                     store.append(d)
-            if return_sources:
-                Xs.append(out.posterior_mean(Y, layer=k)[0].cpu().numpy())
+            if return_sources:  # per forward column, A.m
+                Kk = sm.column_kernel(out.posterior_kernel(layer=k)[0].numpy())
+                Xs.append(Kk @ Y[0].numpy())
             gamma_prev, lam_prev = g, lm
     traj = {k: np.asarray(v, float) for k, v in res.items()}
     traj.update(model=name, note=note, learn_noise=learn_noise,

@@ -127,7 +127,6 @@ def test_reference_subspace_and_lazy_kernel(train_fwd):
     in the remaining subspace, so the jointly learned noise stays right on
     every channel however long it runs; the stc holds the posterior kernel
     (T-independent) and equals the explicit posterior mean."""
-    from mne_unfolded_sbl.inverse import _prepare
     from mne_unfolded_sbl.core.solver import covariance_statistic
 
     cfg = SimulationConfig(n_sources=(3, 3), spread=0.0, snr_db=(10.0, 10.0))
@@ -139,7 +138,9 @@ def test_reference_subspace_and_lazy_kernel(train_fwd):
     assert 0.7 < np.median(ratio) < 1.4
     assert ratio.min() > 0.3 and ratio.max() < 3  # no channel collapses
     assert stc._kernel is not None and stc._data is None  # not formed yet
-    _, gain, _, wh, sel, null = _prepare(evoked, train_fwd, cov, None)
+    op = make_unfolded_sbl_operator(evoked.info, train_fwd, cov, verbose=False)
+    gain, wh, null = op.gain, op.whitener, op.null_space
+    sel = [evoked.ch_names.index(n) for n in op.ch_names]
     assert null.rank == 1  # the average-reference projector
     Q = null.Q.numpy()
     np.testing.assert_allclose(np.abs(Q), 1 / np.sqrt(len(Q)), rtol=1e-6)
@@ -233,7 +234,7 @@ def test_prepared_operator_equals_direct_call(easy):
     fwd, evoked, _, cov = easy
     op = make_unfolded_sbl_operator(evoked.info, fwd, cov, verbose=False)
     assert isinstance(op, UnfoldedSBLOperator)
-    assert "64 EEG channels" in repr(op) and "data rank 63" in repr(op)
+    assert "64 channels (eeg)" in repr(op) and "data rank 63" in repr(op)
     kw = dict(model="cb", dtype="float64", verbose=False)
     direct = apply_unfolded_sbl(evoked, fwd, cov, **kw)
     for _ in range(2):  # reusable
@@ -333,15 +334,18 @@ def test_error_no_average_reference(easy):
         apply_unfolded_sbl(ev, fwd, cov, model="cb")
 
 
-def test_error_meg_only_and_volume(easy, tiny_forward):
+def test_error_unmodelled_channels_and_volume(easy, tiny_forward):
     fwd, evoked, _, cov = easy
     info = mne.create_info(["MEG 001", "MEG 002"], 100.0, "mag")
     ev = mne.EvokedArray(np.ones((2, 10)), info)
-    with pytest.raises(ValueError, match="no good EEG channels"):
-        apply_unfolded_sbl(ev, fwd, cov, model="cb")
+    with pytest.raises(ValueError, match="missing from the forward"):
+        apply_unfolded_sbl(ev, fwd, cov, model="cb")  # MEG data, EEG forward
+    stim = mne.EvokedArray(np.ones((1, 10)), mne.create_info(1, 100.0, "stim"))
+    with pytest.raises(ValueError, match="no good MEG or EEG"):
+        apply_unfolded_sbl(stim, fwd, cov, model="cb")
     vol = fwd.copy()
     vol["src"][0]["type"] = "vol"
-    with pytest.raises(ValueError, match="surface"):
+    with pytest.raises(ValueError, match="loose=1"):
         apply_unfolded_sbl(evoked, vol, cov, model="cb")
 
 

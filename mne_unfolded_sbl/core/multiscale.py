@@ -26,8 +26,12 @@ from scipy import sparse
 
 from ._utils import _validate_type
 
-__all__ = ["DEFAULT_EXTENTS_MM", "MultiScaleBasis", "diffusion_operator",
-           "orders_for_extents"]
+__all__ = ["ACTIVE_RTOL", "DEFAULT_EXTENTS_MM", "MultiScaleBasis",
+           "diffusion_operator", "evidence_cost", "orders_for_extents"]
+
+#: Variances above this fraction of a sample's largest count as active
+#: parameters in :func:`evidence_cost`.
+ACTIVE_RTOL = 1e-3
 
 #: Default atom radii (mm): the point source, then extents spanning focal
 #: to ~20 cm^2 patches (a disc of 25 mm radius is ~20 cm^2).
@@ -55,6 +59,39 @@ def diffusion_operator(adjacency):
     A = A + sparse.eye(A.shape[0], format="csr")
     d = np.asarray(A.sum(1)).ravel() ** -0.5
     return sparse.csr_matrix(sparse.diags(d) @ A @ sparse.diags(d))
+
+
+def evidence_cost(cost, gamma, n_times, rel=ACTIVE_RTOL):
+    """Type-II cost with a BIC penalty for the active variances.
+
+    ``cost + n_active log(T) / T`` per sample: the Type-II cost is
+    ``-2 / T`` times the log marginal likelihood (up to a constant), so this
+    is the Bayesian information criterion on the same scale. It decides
+    between the point and the multi-scale source model of the same data:
+    the richer model is kept only where it explains the data better by
+    more than its extra variances cost (extended activity), and the point
+    model where it does not (focal sources).
+
+    Parameters
+    ----------
+    cost : array-like, shape (B,)
+        Final Type-II costs (normalised units, same data for the models
+        compared).
+    gamma : array-like, shape (B, N)
+        Final variances.
+    n_times : int
+        Time samples behind the statistics.
+    rel : float
+        Relative threshold of an active variance.
+
+    Returns
+    -------
+    penalised : ndarray, shape (B,)
+    """
+    gamma = np.asarray(gamma, np.float64)
+    n_active = (gamma > rel * gamma.max(-1, keepdims=True)).sum(-1)
+    T = float(n_times)
+    return np.asarray(cost, np.float64) + n_active * np.log(T) / T
 
 
 def orders_for_extents(extents_mm, edge_length_mm):

@@ -14,8 +14,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ._utils import check_positive_int
 from .corrections import AttentionCorrection, BiasCorrection, MLPCorrection
-from .solver import (CBState, cb_iteration, posterior_kernel, posterior_variance,
-                     posterior_mean, prepare)
+from .solver import (CBState, cb_iteration, model_covariance, posterior_kernel,
+                     posterior_mean, posterior_variance, precision, prepare,
+                     type2_cost)
 
 #: Correction families by model name.
 MODELS = ("cb", "bias-cb", "deep-cb", "deep-attn-cb")
@@ -52,6 +53,7 @@ class UnfoldedOutput:
     y_scale: torch.Tensor
     trajectory: list = field(default_factory=list)
     null_space: object = None
+    Cy_n: torch.Tensor = None  # the normalised statistics the layers saw
 
     def _state(self, layer):
         if layer is None:
@@ -96,6 +98,16 @@ class UnfoldedOutput:
         var = posterior_variance(self.L_n, g, lm, self.null_space)
         scale = (self.y_scale / self.l_scale).square().to(var.dtype)[:, None]
         return var * scale
+
+    def cost(self, layer=None):
+        """Type-II cost ``log|Sigma_y| + tr(C_y W)`` of the state, (B,).
+
+        In the normalised units of the layers (data scaled to unit mean
+        sensor power): comparable between source models of the same data.
+        """
+        g, lm = self._state(layer)
+        prec = precision(model_covariance(self.L_n, g), lm, self.null_space)
+        return type2_cost(prec, self.Cy_n)
 
 
 class UnfoldedLayer(nn.Module):
@@ -239,7 +251,7 @@ class UnfoldedSBL(nn.Module):
         return UnfoldedOutput(
             gamma=gamma, lam=lam, gamma_n=state.gamma, lam_n=state.lam,
             L_n=L_n, l_scale=prob.l_scale, y_scale=prob.y_scale,
-            trajectory=trajectory, null_space=null)
+            trajectory=trajectory, null_space=null, Cy_n=Cy_n)
 
     def _checkpointed(self, layer, L_n, Cy_n, state, null, with_cost, Lt):
         def run(gamma, lam, S):
