@@ -14,6 +14,7 @@ _LAZY = {
     "UnfoldedSBLOperator": "inverse",
     "apply_unfolded_sbl": "inverse",
     "apply_unfolded_sbl_epochs": "inverse",
+    "apply_unfolded_sbl_raw": "inverse",
     "make_unfolded_sbl_operator": "inverse",
     "unfolded_sbl_trajectory": "inverse",
 }

@@ -23,7 +23,7 @@ from ._checks import (check_data_finite, check_device, check_dtype,
                       check_forward, check_n_layers, check_nave,
                       check_noise_cov, check_noise_cov_type, pick_channels)
 from ._docs import fill_doc
-from .core._utils import DTYPES
+from .core._utils import DTYPES, check_positive_int
 from .core.multiscale import evidence_cost
 from .core.network import MODELS, model_label
 from .core.solver import NullSpace, covariance_statistic, prepare
@@ -768,6 +768,126 @@ def apply_unfolded_sbl_epochs(epochs, fwd, noise_cov, model="deep-cb", *,
                 for lm in lam]
         return stcs, covs
     return stcs
+
+
+def _window_starts(n_times, width, step):
+    """Window starts covering ``n_times`` samples; the last ends at the end."""
+    starts = list(range(0, n_times - width + 1, step))
+    if starts[-1] + width < n_times:
+        starts.append(n_times - width)
+    return np.asarray(starts)
+
+
+def _taper(width):
+    """Cross-fade weights of a window: ``sin^2``, positive everywhere."""
+    return np.sin(np.pi * (np.arange(width) + 0.5) / width) ** 2
+
+
+@verbose
+@fill_doc
+def apply_unfolded_sbl_raw(raw, fwd, noise_cov, model="deep-cb", *,
+                           window=1.0, overlap=0.5, start=None, stop=None,
+                           learn_noise=True, n_layers=None, loose=None,
+                           source_model=None, pick_ori=None, rank=None,
+                           device="cpu", dtype="float32", batch_size=None,
+                           verbose=None):
+    """Localise continuous data in sliding windows, in one batched pass.
+
+    The data are cut into windows of ``window`` seconds that overlap by
+    ``overlap`` of their length; each window gets its own source (and
+    noise) variances, as a separate evoked response would, and all windows
+    go through the network as one batch. Where windows overlap, their
+    estimates are cross-faded with ``sin^2`` weights (normalised to sum to
+    one at every sample), so the time courses have no steps at window
+    edges. Like :func:`mne.minimum_norm.apply_inverse_raw`, but the map
+    adapts to the activity of each window.
+
+    Parameters
+    ----------
+    raw : instance of mne.io.BaseRaw
+        MEG and/or EEG recording (EEG with an average-reference projector).
+    %(fwd_or_operator)s
+    %(noise_cov)s
+    %(model)s
+    window : float
+        Window length in seconds (at least 10 samples; shorter windows
+        follow faster changes, longer ones estimate the variances better).
+    overlap : float
+        Overlap of consecutive windows as a fraction of the window, in
+        ``[0, 1)``.
+    start, stop : int | None
+        First and last (exclusive) sample of ``raw`` to localise, as in
+        :meth:`mne.io.Raw.get_data`.
+    %(learn_noise)s
+        With ``learn_noise=False`` the whitened noise variance is 1
+        (single-trial data).
+    %(n_layers)s
+    %(loose_apply)s
+    %(source_model_apply)s
+    %(pick_ori)s
+    %(rank)s
+    %(device)s
+    %(dtype)s
+    batch_size : int | None
+        Windows per pass (None: 32 on the CPU, 1024 on a GPU).
+    %(verbose)s
+
+    Returns
+    -------
+    stc : instance of mne.SourceEstimate | mne.VectorSourceEstimate
+        The estimate over the whole span (A·m), with ``tmin`` the time of
+        sample ``start`` (first sample of the recording as time 0, as
+        ``raw.times``).
+    """
+    _validate_type(raw, mne.io.BaseRaw, "raw")
+    _validate_type(learn_noise, bool, "learn_noise")
+    _validate_type(window, "numeric", "window")
+    _validate_type(overlap, "numeric", "overlap")
+    n_layers = check_n_layers(n_layers)
+    check_device(device)
+    check_dtype(dtype)
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1) (a fraction of the "
+                         f"window), got {overlap}.")
+    sfreq = raw.info["sfreq"]
+    width = int(round(float(window) * sfreq))
+    if width < 10:
+        raise ValueError(f"window={window} s is {width} samples at "
+                         f"{sfreq:g} Hz; use at least 10 samples "
+                         f"(window >= {10 / sfreq:.3g} s).")
+    if batch_size is None:
+        batch_size = 32 if torch.device(device).type == "cpu" else 1024
+    batch_size = check_positive_int(batch_size, "batch_size")
+    op, sel = _operator_for(raw, fwd, noise_cov, rank, loose, source_model)
+    check_pick_ori(pick_ori, op.source_model)
+    data, times = raw.get_data(picks=[raw.ch_names[i] for i in sel],
+                               start=0 if start is None else start,
+                               stop=stop, return_times=True)
+    n_times = data.shape[1]
+    if n_times < width:
+        raise ValueError(f"The span has {n_times} samples, fewer than one "
+                         f"window ({width}): shorten window or widen "
+                         "start/stop.")
+    check_data_finite(data, "raw")
+    step = max(1, width - int(round(float(overlap) * width)))
+    starts = _window_starts(n_times, width, step)
+    segments = np.stack([data[:, s:s + width] for s in starts])
+    Cy = _whitened_statistic(segments, op.whitener)
+    net = _network(model, learn_noise, n_layers, device, dtype)
+    logger.info(f"Running {net.model} on {len(starts)} windows of {width} "
+                f"samples (step {step})")
+    K = np.concatenate([
+        _run(net, op, Cy[b:b + batch_size], 1, learn_noise, device, dtype,
+             width).K for b in range(0, len(starts), batch_size)])
+    taper = _taper(width) if step < width else np.ones(width)
+    X = np.zeros((K.shape[1], n_times))
+    total = np.zeros(n_times)
+    for k, s in zip(K, starts):
+        X[:, s:s + width] += (k @ data[:, s:s + width]) * taper
+        total[s:s + width] += taper
+    X /= total
+    return op.source_model.stc_from_columns(X, times[0], 1.0 / sfreq,
+                                            pick_ori)
 
 
 @verbose

@@ -31,6 +31,8 @@ from mne.utils import (_check_option, _validate_type, logger, object_size,
 from .core.multiscale import (DEFAULT_EXTENTS_MM, MultiScaleBasis,
                               orders_for_extents)
 
+__all__ = ["KernelSourceEstimate", "PICK_ORIS", "SOURCE_MODELS", "SourceModel"]
+
 #: Source models of :func:`~mne_unfolded_sbl.apply_unfolded_sbl`.
 SOURCE_MODELS = ("point", "multiscale")
 #: Output orientations, as in MNE.
@@ -165,16 +167,23 @@ class SourceModel:
             return _stc_class(self.src, False)(
                 (K3[:, 2], sens_data), vertices, tmin=tmin, tstep=tstep,
                 subject=self.subject)
-        X = np.einsum("vom,mt->vot", K3, sens_data)
+        return self.stc_from_columns(K_cols @ sens_data, tmin, tstep, pick_ori)
+
+    def stc_from_columns(self, X_cols, tmin, tstep, pick_ori):
+        """A source estimate from an estimate per forward column ``(n_cols, T)``."""
+        vertices = [s["vertno"] for s in self.src]
+        kw = dict(tmin=tmin, tstep=tstep, subject=self.subject)
+        if self.n_orient == 1:
+            return _stc_class(self.src, False)(X_cols, vertices, **kw)
+        X = X_cols.reshape(-1, 3, X_cols.shape[-1])
+        if pick_ori == "normal":
+            return _stc_class(self.src, False)(X[:, 2], vertices, **kw)
         if pick_ori == "vector":  # local (t1, t2, n) frame -> head x, y, z
             nn = self.source_nn.reshape(-1, 3, 3)
             X = np.einsum("vox,vot->vxt", nn, X)
-            return _stc_class(self.src, True)(X, vertices, tmin=tmin,
-                                              tstep=tstep,
-                                              subject=self.subject)
-        return _stc_class(self.src, False)(
-            np.linalg.norm(X, axis=1), vertices, tmin=tmin, tstep=tstep,
-            subject=self.subject)
+            return _stc_class(self.src, True)(X, vertices, **kw)
+        return _stc_class(self.src, False)(np.linalg.norm(X, axis=1),
+                                           vertices, **kw)
 
     def make_std_stc(self, var_cols, times, pick_ori):
         """Posterior standard deviation (A·m) per source as a SourceEstimate.
