@@ -278,10 +278,21 @@ def _check_proj_match(info, op):
         "data the operator's projectors (inst.add_proj / inst.del_proj).")
 
 
+def _channel_scale(whitener):
+    """Per-channel factors that give every column of the whitener unit norm."""
+    norms = np.linalg.norm(whitener, axis=0)
+    return 1.0 / np.where(norms > 0, norms, 1.0)
+
+
 def _whitener_null_space(whitener):
     """The directions the whitened data cannot reach (average reference,
     SSP projectors, a rank-deficient noise covariance), as a NullSpace."""
-    U, s, _ = np.linalg.svd(whitener)
+    # The directions are the complement of the whitener's range, which
+    # scaling its columns (channels) does not change: scale each channel to
+    # unit norm first, so that the relative cut does not mistake the
+    # channels of a type with other units (EEG next to MEG: whitener
+    # entries ~1e6 vs ~1e13) for missing directions.
+    U, s, _ = np.linalg.svd(whitener * _channel_scale(whitener))
     null = s <= s.max() * _NULL_RTOL
     if not null.any():
         return None
@@ -391,11 +402,12 @@ def _run(model, op, Cy, nave, learn_noise, device, dtype, n_times,
     model of lower :func:`~mne_unfolded_sbl.core.multiscale.evidence_cost`.
     """
     sm = op.source_model
+    select = sm.basis is not None
     sol = _solve(model, op.gain, sm.basis, op, Cy, nave, learn_noise, device,
-                 dtype, posterior_var)
-    if sm.basis is not None:
+                 dtype, posterior_var, select)
+    if select:
         point = _solve(model, sm.point_gain(op.fwd_gain), None, op, Cy, nave,
-                       learn_noise, device, dtype, posterior_var)
+                       learn_noise, device, dtype, posterior_var, select)
         use_point = (evidence_cost(point.cost, point.gamma, n_times)
                      <= evidence_cost(sol.cost, sol.gamma, n_times))
         logger.info(f"    Multi-scale model kept for {int((~use_point).sum())} "
@@ -413,7 +425,7 @@ def _run(model, op, Cy, nave, learn_noise, device, dtype, n_times,
 
 
 def _solve(model, L_solver, basis, op, Cy, nave, learn_noise, device, dtype,
-           posterior_var):
+           posterior_var, with_cost=False):
     """One source model: the network on ``L_solver`` -> :class:`_Solution`."""
     dev = torch.device(device)
     tdtype = DTYPES[dtype]
@@ -431,7 +443,8 @@ def _solve(model, L_solver, basis, op, Cy, nave, learn_noise, device, dtype,
                     null_space=op.null_space, n_orient=n_orient)
         K_solver = out.posterior_kernel().to(torch.float64).cpu().numpy()
         var = out.posterior_variance() if posterior_var else None
-        cost = out.cost().to(torch.float64).cpu().numpy()
+        cost = (out.cost().to(torch.float64).cpu().numpy() if with_cost
+                else None)
     gamma = out.gamma.to(torch.float64).cpu().numpy()
     if var is not None:
         var = var.to(torch.float64).cpu().numpy()
@@ -545,9 +558,12 @@ def _warn_empty(ratio, share, dof, nave, learn_noise, epochs):
 
 def _noise_covariance(lam_w, whitener, ch_names, nfree):
     """Learned whitened noise variances back to a diagonal physical covariance."""
-    # the same cut as the null space: directions removed by the reference
-    # have no learned noise to map back
-    unwhiten = np.linalg.pinv(whitener, rcond=_NULL_RTOL)
+    # the same cut as the null space (on channels scaled to unit norm, so
+    # that MEG and EEG units do not matter): directions removed by the
+    # reference have no learned noise to map back
+    scale = _channel_scale(whitener)
+    unwhiten = scale[:, None] * np.linalg.pinv(whitener * scale,
+                                               rcond=_NULL_RTOL)
     diag = np.einsum("mk,k,mk->m", unwhiten, lam_w, unwhiten)
     return mne.Covariance(diag, ch_names, bads=[], projs=[], nfree=nfree)
 

@@ -52,3 +52,30 @@ def train_fwd(template_cache):
             del os.environ["MNE_UNFOLDED_SBL_CACHE"]
         else:
             os.environ["MNE_UNFOLDED_SBL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def meg_eeg_forward(tiny_forward):
+    """A small free-orientation MEG+EEG forward on the ``tiny_forward`` geometry.
+
+    Same source space and sphere head (r0 = 0, 95 mm) as ``tiny_forward``, with
+    72 MEG channels (24 magnetometers, 48 planar gradiometers: 24 sites of
+    :func:`mne_unfolded_sbl.datasets.make_meg_info`, 14-37 mm outside the
+    sphere) before the 32 biosemi32 EEG channels. ``info`` has an (inactive)
+    EEG average-reference projector, as ``set_eeg_reference(projection=True)``
+    adds it. Returns ``(fwd, info)``.
+    """
+    import mne
+    from mne_unfolded_sbl.datasets import make_meg_info
+
+    eeg_fwd, _ = tiny_forward
+    dev_head_t = np.eye(4)
+    dev_head_t[:3, 3] = (0.0, -0.01, 0.005)  # helmet around the 95 mm sphere
+    info = make_meg_info(24, montage="biosemi32", dev_head_t=dev_head_t)
+    evoked = mne.EvokedArray(np.zeros((len(info["ch_names"]), 1)), info)
+    info = evoked.set_eeg_reference(projection=True, verbose="error").info
+    sphere = mne.make_sphere_model(r0=(0.0, 0.0, 0.0), head_radius=0.095,
+                                   verbose="error")
+    fwd = mne.make_forward_solution(info, None, eeg_fwd["src"], sphere, meg=True,
+                                    eeg=True, verbose="error")
+    return fwd, info

@@ -1,4 +1,4 @@
-"""Offline template head models (fsaverage) and EEG montages.
+"""Offline template head models (fsaverage), EEG montages and a MEG array.
 
 See ``doc/head_model.rst`` for how the embedded template is built.
 """
@@ -7,6 +7,7 @@ from ._forward import (SPACINGS, electrode_scalp_distances,
                        make_template_forward, resolve_bem_ico)
 from ._leadfield import (fixed_eeg_forward, leadfield_from_forward,
                          save_leadfield_npz)
+from ._meg import TEMPLATE_DEV_HEAD_T, make_meg_info, meg_sensor_positions
 from ._montage import (
     THINGS_EEG2_CH_NAMES,
     TRAIN_CH_NAMES,
@@ -18,6 +19,7 @@ from ._subject import CACHE_ENV, cache_dir, get_subjects_dir
 
 __all__ = [
     "SPACINGS",
+    "TEMPLATE_DEV_HEAD_T",
     "THINGS_EEG2_CH_NAMES",
     "TRAIN_CH_NAMES",
     "TRAIN_MONTAGE",
@@ -26,8 +28,10 @@ __all__ = [
     "fixed_eeg_forward",
     "get_subjects_dir",
     "make_info",
+    "make_meg_info",
     "make_montage",
     "make_template_forward",
+    "meg_sensor_positions",
     "resolve_bem_ico",
     "leadfield_from_forward",
     "save_leadfield_npz",
