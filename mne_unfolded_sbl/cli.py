@@ -20,6 +20,9 @@ COMMANDS = {
     "demo": ("mne_unfolded_sbl.demo",
              "simulate an evoked response on the template head, localise it "
              "and write an HTML report"),
+    "localize": ("mne_unfolded_sbl.localize",
+                 "localise your own evoked or epochs file (forward or "
+                 "template head model) and write an HTML report"),
     "benchmark": ("mne_unfolded_sbl.benchmark.cli",
                   "compare solvers on simulated data (Table-3 style)"),
     "train": ("mne_unfolded_sbl.training.cli",

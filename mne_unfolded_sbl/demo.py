@@ -21,6 +21,12 @@ once, about 1-4 minutes and 2 GB, then cached).
 ``--out`` is the report file (``.html``) or a folder to write
 ``report.html`` into; an existing report is only replaced with
 ``--overwrite``.
+
+Source model: ``--source-model multiscale`` localises with extended
+cortical patches as well as point sources (kept where the evidence favours
+them), ``--loose 0.2`` with loose orientation (the inversion then uses the
+free-orientation template forward). The report always shows the
+posterior standard deviation of the unfolded model's sources.
 """
 
 # License: BSD-3-Clause
@@ -38,6 +44,7 @@ import matplotlib
 import mne
 
 from .cli import arg_error, float_type, int_type
+from .source_models import SOURCE_MODELS
 from .core.leadfield import PERTURBED_CONDUCTIVITY
 from .core.simulator import SimulationConfig
 from .datasets import get_subjects_dir, make_template_forward, resolve_bem_ico
@@ -103,6 +110,16 @@ def add_arguments(parser):
                         f"{SIM_CONDUCTIVITY} S/m and an ico3 BEM")
     parser.add_argument("--compare", nargs="*", default=["cb", "sloreta"],
                         help="comparison methods (default: cb sloreta)")
+    parser.add_argument("--source-model", default="point",
+                        choices=SOURCE_MODELS,
+                        help="source model of the unfolded estimates: point "
+                        "sources, or multiscale (point sources and extended "
+                        "cortical patches) (default: %(default)s)")
+    parser.add_argument("--loose", type=float_type(0, 1), default=0.0,
+                        help="orientation constraint in [0, 1]: 0 = fixed "
+                        "normal to the cortex, 0.2 = MNE's usual loose "
+                        "orientation, 1 = free; > 0 needs --source-model "
+                        "point (default: %(default)s)")
     parser.add_argument("--backend", default="auto",
                         choices=("auto", "pyvista", "matplotlib"),
                         help="brain renderer (default: %(default)s)")
@@ -168,12 +185,17 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
              snr_db=(5.0, 20.0), n_times=100, mismatch=True, sfreq=100.0, montage="train-64",
              spacing="ico3", bem_ico="auto", noise_cov="ad-hoc",
              compare=("cb", "sloreta"), backend="auto", open_browser=False,
-             overwrite=False, printer=print):
+             overwrite=False, source_model="point", loose=0.0,
+             posterior_std=True, printer=print):
     """Run the demo and return a dict with the results (see module docs).
 
     ``out`` is the report file (``.html``) or a folder to write
     ``report.html`` into; an existing report is replaced only with
     ``overwrite=True`` (FileExistsError otherwise, before any computation).
+    ``source_model`` and ``loose`` are those of the unfolded estimates
+    (and of ``"cb"`` in ``compare``); ``loose > 0`` inverts with the
+    free-orientation template forward. ``posterior_std`` adds the
+    posterior standard deviation to the report.
 
     Returns
     -------
@@ -183,6 +205,9 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
         (fallback message or None), ``timings`` (s), ``evoked``,
         ``stc_true``, ``fwd``.
     """
+    from .methods import _check_variant
+
+    source_model, loose = _check_variant(source_model, loose)
     out = _out_path(out, overwrite)
     matplotlib.use("Agg", force=False)
     t_start = time.perf_counter()
@@ -192,10 +217,17 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
             f"ico{bem} BEM" + (f" ({bem_note})" if bem_note else ""))
     t0 = time.perf_counter()
     fwd = make_template_forward(montage, spacing, bem_ico=bem, verbose=False)
+    fwd_inv = fwd
+    if loose:  # three orientations per source: the free-orientation forward
+        from .benchmark.settings import free_template_forward
+
+        fwd_inv = free_template_forward(montage, spacing, bem_ico=bem,
+                                        verbose=False)
     subjects_dir = get_subjects_dir(verbose=False)
     timings["forward"] = time.perf_counter() - t0
     printer(f"      {fwd['nchan']} channels x {fwd['nsource']} sources "
-            f"({timings['forward']:.1f} s)")
+            f"({timings['forward']:.1f} s)"
+            + (f"; free orientation for loose={loose:g}" if loose else ""))
 
     t0 = time.perf_counter()
     fwd_sim = fwd
@@ -220,18 +252,22 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
             + f"({timings['simulation']:.1f} s); noise covariance given to "
             f"the solvers: {noise_cov}")
 
-    printer(f"[3/4] Localising with {model} and {', '.join(compare)}; "
-            "rendering the report")
+    variant = ("" if (source_model, loose) == ("point", 0.0) else
+               f" ({source_model}" + (f", loose={loose:g}" if loose else "")
+               + ")")
+    printer(f"[3/4] Localising with {model}{variant} and "
+            f"{', '.join(compare)}; rendering the report")
     t0 = time.perf_counter()
     report = mne.Report(title="mne-unfolded-sbl demo: simulated evoked "
                         "response", verbose=False)
     with warnings.catch_warnings():  # the fallback note is printed below
         warnings.filterwarnings("ignore", message="Pretrained weights")
         res = add_unfolded_sbl_to_report(
-            report, evoked, fwd, cov, model=model, compare=tuple(compare),
+            report, evoked, fwd_inv, cov, model=model, compare=tuple(compare),
             learn_noise=True, subjects_dir=subjects_dir, time="rms",
             stc_true=stc_true, true_noise_cov=cov_true, backend=backend,
-            section="Simulated comparison", verbose=False)
+            section="Simulated comparison", source_model=source_model,
+            loose=loose, posterior_std=bool(posterior_std), verbose=False)
     timings["localise+report"] = time.perf_counter() - t0
     if res["note"]:
         printer("\n  NOTE: " + res["note"] + "\n")
@@ -248,9 +284,14 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
                    "BEM (forward-model mismatch). " if mismatch else
                    "with the same forward (inverse crime). ")
                 + "Noise covariance given to the solvers: "
-                f"{noise_cov}.</p><p>Reproduce with <code>mne-unfolded-sbl "
-                f"demo --seed {seed} --n-sources {n_sources} --snr-db "
-                f"{snr_db[0]:g} {snr_db[1]:g}</code>.</p>")
+                f"{noise_cov}; source model of the unfolded estimates: "
+                f"{source_model}, loose = {loose:g}.</p><p>Reproduce with "
+                f"<code>mne-unfolded-sbl demo --seed {seed} --n-sources "
+                f"{n_sources} --snr-db {snr_db[0]:g} {snr_db[1]:g}"
+                + (f" --source-model {source_model}"
+                   if source_model != "point" else "")
+                + (f" --loose {loose:g}" if loose else "")
+                + "</code>.</p>")
     report.add_html(settings, title="Simulation settings",
                     section="Simulated comparison")
     t0 = time.perf_counter()
@@ -269,6 +310,11 @@ def run(args):
     if low > high:
         arg_error(args, f"argument --snr-db: LOW must not exceed HIGH, got "
                   f"{low:g} {high:g}")
+    if args.source_model == "multiscale" and args.loose:
+        arg_error(args, f"argument --loose: the multiscale source model "
+                  f"models patches of dipoles normal to the cortex and needs "
+                  f"--loose 0, got --loose {args.loose:g}; use --source-model "
+                  "point with loose orientation")
     try:  # before anything is computed
         out = _out_path(args.out, args.overwrite, flag="--overwrite")
     except (ValueError, OSError) as err:
@@ -280,7 +326,8 @@ def run(args):
              spacing=args.spacing, bem_ico=args.bem_ico,
              noise_cov=args.noise_cov, compare=tuple(args.compare),
              backend=args.backend, open_browser=args.open,
-             overwrite=args.overwrite)
+             overwrite=args.overwrite, source_model=args.source_model,
+             loose=args.loose)
     return 0
 
 

@@ -24,7 +24,7 @@ from ._checks import (check_data_finite, check_device, check_dtype,
                       check_noise_cov, check_noise_cov_type, pick_channels)
 from ._docs import fill_doc
 from .core._utils import DTYPES, check_positive_int
-from .core.multiscale import evidence_cost
+from .core.multiscale import prefer_multiscale
 from .core.network import MODELS, model_label
 from .core.solver import NullSpace, covariance_statistic, prepare
 from .core.weights import check_finite_parameters, load_model, resolve_model
@@ -384,9 +384,6 @@ class _Solution:
     share: np.ndarray
     #: Posterior variance per forward column, A·m² (B, n_cols), or None.
     var: np.ndarray = None
-    #: Final Type-II cost (B,) and variances of the solver (B, n_vars).
-    cost: np.ndarray = None
-    gamma: np.ndarray = None
     #: Which samples kept the multi-scale model (B,), or None.
     multiscale: np.ndarray = None
 
@@ -399,17 +396,17 @@ def _run(model, op, Cy, nave, learn_noise, device, dtype, n_times,
     atoms folded in, :mod:`mne_unfolded_sbl.source_models`); its kernels
     and variances come back per column of the forward. With the
     multi-scale model the point model runs too, and each sample keeps the
-    model of lower :func:`~mne_unfolded_sbl.core.multiscale.evidence_cost`.
+    model the evidence prefers
+    (:func:`~mne_unfolded_sbl.core.multiscale.prefer_multiscale`).
     """
     sm = op.source_model
-    select = sm.basis is not None
-    sol = _solve(model, op.gain, sm.basis, op, Cy, nave, learn_noise, device,
-                 dtype, posterior_var, select)
-    if select:
-        point = _solve(model, sm.point_gain(op.fwd_gain), None, op, Cy, nave,
-                       learn_noise, device, dtype, posterior_var, select)
-        use_point = (evidence_cost(point.cost, point.gamma, n_times)
-                     <= evidence_cost(sol.cost, sol.gamma, n_times))
+    sol, out = _solve(model, op.gain, sm.basis, op, Cy, nave, learn_noise,
+                      device, dtype, posterior_var)
+    if sm.basis is not None:
+        point, out_point = _solve(model, sm.point_gain(op.fwd_gain), None, op,
+                                  Cy, nave, learn_noise, device, dtype,
+                                  posterior_var)
+        use_point = ~prefer_multiscale(out_point, out, n_times)
         logger.info(f"    Multi-scale model kept for {int((~use_point).sum())} "
                     f"of {len(use_point)} sample(s) (evidence), the point "
                     "model for the others")
@@ -425,8 +422,8 @@ def _run(model, op, Cy, nave, learn_noise, device, dtype, n_times,
 
 
 def _solve(model, L_solver, basis, op, Cy, nave, learn_noise, device, dtype,
-           posterior_var, with_cost=False):
-    """One source model: the network on ``L_solver`` -> :class:`_Solution`."""
+           posterior_var):
+    """One source model: the network on ``L_solver`` -> ``(_Solution, out)``."""
     dev = torch.device(device)
     tdtype = DTYPES[dtype]
     sm = op.source_model
@@ -443,8 +440,6 @@ def _solve(model, L_solver, basis, op, Cy, nave, learn_noise, device, dtype,
                     null_space=op.null_space, n_orient=n_orient)
         K_solver = out.posterior_kernel().to(torch.float64).cpu().numpy()
         var = out.posterior_variance() if posterior_var else None
-        cost = (out.cost().to(torch.float64).cpu().numpy() if with_cost
-                else None)
     gamma = out.gamma.to(torch.float64).cpu().numpy()
     if var is not None:
         var = var.to(torch.float64).cpu().numpy()
@@ -461,8 +456,8 @@ def _solve(model, L_solver, basis, op, Cy, nave, learn_noise, device, dtype,
     source_power = col_gamma @ (np.asarray(L_solver, np.float64) ** 2).sum(0)
     data_power = np.trace(Cy, axis1=-2, axis2=-1)
     share = source_power / np.maximum(data_power, np.finfo(float).tiny)
-    return _Solution(K, out.lam.to(torch.float64).cpu().numpy(), share, var,
-                     cost=cost, gamma=gamma)
+    return _Solution(K, out.lam.to(torch.float64).cpu().numpy(), share,
+                     var), out
 
 
 def _noise_levels(Cy, n_dims, nave):

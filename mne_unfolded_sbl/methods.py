@@ -30,10 +30,22 @@ name means the same solver with the same settings in both.
 - ``"bias-cb"``, ``"deep-cb"``, ``"deep-attn-cb"`` and ``"<model>-joint"``,
   ``"<model>-source"`` (Bias CB, Deep CB, Deep Attn CB with (γ,λ) or (γ)):
   the pretrained networks of :data:`~mne_unfolded_sbl.core.network.MODELS`.
+- Source-model variants of every fixed-depth unfolded entry (classical
+  ``cb-joint-25``, ``cb-source-25`` and the learned ``<model>-joint``,
+  ``<model>-source``), by a suffix of the key (and of the label):
+  ``"-multiscale"`` (``source_model="multiscale"``: extended cortical
+  patches, kept per sample where the evidence beats the point model, e.g.
+  ``"cb-joint-25-multiscale"``, ``"deep-cb-joint-multiscale"``; label
+  "..., multi-scale") and ``"-loose"`` (loose orientation
+  ``loose=`` :data:`LOOSE`, MNE's usual 0.2: three dipoles per vertex,
+  the tangential ones with prior variance 0.2; a free-orientation forward
+  is needed; ``"cb-joint-25-loose"``, label "..., loose 0.2"; another
+  value ``x`` is ``"-loose<x>"``, e.g. ``"cb-joint-25-loose0.5"``).
 
-A bare model name (``"cb"``, ``"deep-cb"``) takes ``learn_noise`` from the
-caller; ``"<model>-joint"`` / ``"<model>-source"`` fix it. A network or the
-path of a ``.safetensors`` weights file is accepted as well. Labels of the
+A bare model name (``"cb"``, ``"deep-cb"``) takes ``learn_noise`` (and
+``source_model``, ``loose``) from the caller; ``"<model>-joint"`` /
+``"<model>-source"`` fix it. A network or the path of a ``.safetensors``
+weights file is accepted as well. Labels of the
 unfolded models come from :func:`mne_unfolded_sbl.core.network.model_label`.
 """
 
@@ -53,7 +65,8 @@ from .core.weights import DEFAULT_N_LAYERS
 
 __all__ = [
     "LAMBDA2", "DEPTH", "GAMMA_MAP_SETTINGS", "MXNE_ALPHA", "N_LAYERS",
-    "CB_TOL", "CB_MAX_ITER",
+    "CB_TOL", "CB_MAX_ITER", "LOOSE", "VARIANTS", "variant_suffix",
+    "variant_methods",
     "ComparisonMethod", "MinimumNorm", "GammaMap", "MixedNorm",
     "UnfoldedModel",
     "get_method", "method_names", "mne_methods", "classical_methods",
@@ -85,8 +98,68 @@ N_LAYERS = DEFAULT_N_LAYERS
 #: decrease of the Type-II cost falls below CB_TOL, at most CB_MAX_ITER.
 CB_TOL = 1e-6
 CB_MAX_ITER = 1000
+#: Orientation prior of the ``"-loose"`` entries (MNE's usual value).
+LOOSE = 0.2
+#: Key suffixes of the source-model variants (see the module docs), and
+#: the ``(source_model, loose)`` each stands for.
+VARIANTS = {"": ("point", 0.0), "-multiscale": ("multiscale", 0.0),
+            "-loose": ("point", LOOSE)}
 
 _MODES = {True: "joint", False: "source"}
+
+
+def _check_variant(source_model, loose):
+    """``(source_model, loose)`` validated (the combinations MNE-side
+    :func:`~mne_unfolded_sbl.apply_unfolded_sbl` accepts)."""
+    from .source_models import SOURCE_MODELS
+
+    if source_model not in SOURCE_MODELS:
+        raise ValueError(f"source_model must be one of {SOURCE_MODELS}, got "
+                         f"{source_model!r}.")
+    if isinstance(loose, bool) or not isinstance(loose, (int, float, np.number)):
+        raise TypeError(f"loose must be a number in [0, 1], got {loose!r}.")
+    loose = float(loose)
+    if not 0.0 <= loose <= 1.0:
+        raise ValueError(f"loose must be between 0 (fixed orientation) and 1 "
+                         f"(free orientation), got {loose}.")
+    if source_model == "multiscale" and loose != 0.0:
+        raise ValueError("source_model='multiscale' models patches of dipoles "
+                         "normal to the cortex: use it with loose=0.")
+    return source_model, loose
+
+
+def variant_suffix(source_model="point", loose=0.0):
+    """The key suffix of a source-model variant (``""`` for the point
+    source, fixed orientation)."""
+    source_model, loose = _check_variant(source_model, loose)
+    if source_model == "multiscale":
+        return "-multiscale"
+    if loose == 0.0:
+        return ""
+    return "-loose" if loose == LOOSE else f"-loose{loose:g}"
+
+
+def _variant_label(source_model, loose):
+    if source_model == "multiscale":
+        return ", multi-scale"
+    return f", loose {loose:g}" if loose else ""
+
+
+def _split_variant(key):
+    """``(base key, source_model, loose)`` of a registry key."""
+    if key.endswith("-multiscale"):
+        return key[:-len("-multiscale")], "multiscale", 0.0
+    base, sep, tail = key.rpartition("-loose")
+    if sep and base:
+        if tail == "":
+            return base, "point", LOOSE
+        try:
+            loose = float(tail)
+        except ValueError:
+            return key, "point", 0.0
+        if 0.0 < loose <= 1.0 and f"{loose:g}" == tail:
+            return base, "point", loose
+    return key, "point", 0.0
 
 
 # ----------------------------------------------------------------------------
@@ -308,7 +381,9 @@ class UnfoldedModel(ComparisonMethod):
     ``model`` is a name of :data:`~mne_unfolded_sbl.core.network.MODELS`,
     a network or a weights path; ``n_layers`` the depth (``"cb"`` only;
     None: the model's); ``tol`` (``"cb"`` only) runs the classical solver
-    to convergence instead (benchmark only).
+    to convergence instead (benchmark only); ``source_model`` and
+    ``loose`` as in :func:`~mne_unfolded_sbl.apply_unfolded_sbl` (the
+    ``"-multiscale"`` and ``"-loose"`` variants).
     """
 
     model: object = "cb"
@@ -316,7 +391,19 @@ class UnfoldedModel(ComparisonMethod):
     n_layers: int | None = None
     tol: float | None = None
     max_iter: int = CB_MAX_ITER
+    source_model: str = "point"
+    loose: float = 0.0
     family: ClassVar[str] = "sbl"
+
+    def _variant_text(self):
+        if self.source_model == "multiscale":
+            return (", multi-scale source model (point and extended-patch "
+                    "atoms; kept per sample where its evidence (BIC) beats "
+                    "the point model)")
+        if self.loose:
+            return (f", loose orientation (loose={self.loose:g}: three "
+                    "dipoles per vertex, one variance)")
+        return ""
 
     def describe(self):
         noise = ("joint (gamma, lambda)" if self.learn_noise
@@ -327,10 +414,13 @@ class UnfoldedModel(ComparisonMethod):
                     f"(max {self.max_iter} iterations)")
         if self.model == "cb":
             return (f"{self.label}: classical convex bounding, {noise}, "
-                    f"{self.n_layers or N_LAYERS} iterations")
-        return f"{self.label}: learned {self.model}, {noise}"
+                    f"{self.n_layers or N_LAYERS} iterations"
+                    f"{self._variant_text()}")
+        return f"{self.label}: learned {self.model}, {noise}" \
+            f"{self._variant_text()}"
 
-    def estimate(self, evoked, fwd, noise_cov, *, fallback=True):
+    def estimate(self, evoked, fwd, noise_cov, *, fallback=True,
+                 posterior_std=False):
         """Localise ``evoked``; return a dict.
 
         Parameters
@@ -341,14 +431,22 @@ class UnfoldedModel(ComparisonMethod):
             If True, a learned model without weights falls back to the
             classical ``"cb"`` (:func:`~mne_unfolded_sbl.core.weights.resolve_model`),
             with ``note`` saying so; else that is an error.
+        posterior_std : bool
+            Also return the posterior standard deviation of every source
+            (``return_posterior_std`` of
+            :func:`~mne_unfolded_sbl.apply_unfolded_sbl`).
 
         Returns
         -------
         result : dict
-            ``stc`` (A·m, every source of ``fwd``), ``label``, ``name``
-            (model actually run), ``note`` (fallback message or None),
-            ``noise_cov`` (learned noise with ``learn_noise``, else None),
-            ``unit`` (``"A·m"``).
+            ``stc`` (A·m, every source of ``fwd``; for loose orientation the
+            norm over the three orientations, as MNE's ``pick_ori=None``),
+            ``label``, ``name`` (model actually run), ``note`` (fallback
+            message or None), ``noise_cov`` (learned noise with
+            ``learn_noise``, else None), ``unit`` (``"A·m"``), ``std``
+            (posterior std as a SourceEstimate, A·m, constant over time;
+            None unless ``posterior_std``), ``signed`` (False for loose
+            orientation: the estimate is a norm).
         """
         from .core.weights import load_model, resolve_model
         from .inverse import apply_unfolded_sbl
@@ -365,18 +463,28 @@ class UnfoldedModel(ComparisonMethod):
             name, note = (self.model if self.model in MODELS else net.model), None
         out = apply_unfolded_sbl(evoked, fwd, noise_cov, model=net,
                                  learn_noise=self.learn_noise,
+                                 loose=self.loose,
+                                 source_model=self.source_model,
                                  return_noise_cov=self.learn_noise,
+                                 return_posterior_std=bool(posterior_std),
                                  verbose=False)
-        stc, cov = out if self.learn_noise else (out, None)
+        out = list(out) if isinstance(out, tuple) else [out]
+        stc = out.pop(0)
+        cov = out.pop(0) if self.learn_noise else None
+        std = out.pop(0) if posterior_std else None
         label = self.label
         if note is not None:
-            cb = unfolded_method("cb", self.learn_noise)
+            cb = unfolded_method("cb", self.learn_noise,
+                                 source_model=self.source_model,
+                                 loose=self.loose)
             label = (f"{cb.label} [fallback for "
                      f"{MODEL_LABELS.get(str(self.model), self.model)}]")
         elif not (isinstance(self.model, str) and self.model in MODELS):
-            label = _network_label(net, self.model)
+            label = _network_label(net, self.model) + _variant_label(
+                self.source_model, self.loose)
         return dict(stc=stc, label=label, name=name, note=note,
-                    noise_cov=cov, unit="A·m")
+                    noise_cov=cov, unit="A·m", std=std,
+                    signed=self.loose == 0.0)
 
 
 def _network_label(net, source):
@@ -414,7 +522,7 @@ def mne_methods(mxne_alpha=MXNE_ALPHA):
 
 
 def unfolded_method(model, learn_noise=True, *, n_layers=None, tol=None,
-                    max_iter=CB_MAX_ITER):
+                    max_iter=CB_MAX_ITER, source_model="point", loose=0.0):
     """The registry entry of an unfolded model and setting.
 
     Parameters
@@ -431,15 +539,29 @@ def unfolded_method(model, learn_noise=True, *, n_layers=None, tol=None,
         ``tol``, at most ``max_iter`` iterations).
     max_iter : int
         See ``tol``.
+    source_model : "point" | "multiscale"
+        Source model (the ``"-multiscale"`` variant).
+    loose : float
+        Orientation constraint, 0 (fixed) to 1 (free) (the ``"-loose"``
+        variant for :data:`LOOSE`).
 
     Returns
     -------
     method : UnfoldedModel
         Key ``"cb-joint-25"``, ``"cb-source-conv"``, ``"deep-cb-joint"``,
-        or the path for a weights file.
+        ``"cb-joint-25-multiscale"``, ``"deep-cb-joint-loose"``, or the
+        path for a weights file (with the variant's suffix).
     """
     learn_noise = bool(learn_noise)
     mode = _MODES[learn_noise]
+    suffix = variant_suffix(source_model, loose)
+    source_model, loose = _check_variant(source_model, loose)
+    vlabel = _variant_label(source_model, loose)
+    variant = dict(source_model=source_model, loose=loose)
+    if suffix and tol is not None:
+        raise ValueError("Run to convergence ('cb-*-conv') is defined for "
+                         "the point source with fixed orientation only; use "
+                         "a fixed depth with source_model/loose.")
     if isinstance(model, str) and model in MODELS:
         if model != "cb" and (n_layers is not None or tol is not None):
             raise ValueError(f"Only the classical 'cb' takes a depth or a "
@@ -450,19 +572,21 @@ def unfolded_method(model, learn_noise=True, *, n_layers=None, tol=None,
             depth = "conv" if tol is not None else str(n_layers)
             tail = "converged" if tol is not None else f"{n_layers} it."
             return UnfoldedModel(
-                f"cb-{mode}-{depth}", f"{model_label('cb', learn_noise)}, {tail}",
+                f"cb-{mode}-{depth}{suffix}",
+                f"{model_label('cb', learn_noise)}, {tail}{vlabel}",
                 model="cb", learn_noise=learn_noise, n_layers=n_layers,
-                tol=tol, max_iter=max_iter)
-        return UnfoldedModel(f"{model}-{mode}", model_label(model, learn_noise),
-                             model=model, learn_noise=learn_noise)
+                tol=tol, max_iter=max_iter, **variant)
+        return UnfoldedModel(f"{model}-{mode}{suffix}",
+                             model_label(model, learn_noise) + vlabel,
+                             model=model, learn_noise=learn_noise, **variant)
     from .core.network import UnfoldedSBL
     from .core.weights import load_model
 
     net = load_model(model, learn_noise=learn_noise)  # checks the setting
     key = (f"{net.model}-{mode}-custom" if isinstance(model, UnfoldedSBL)
            else str(model))
-    return UnfoldedModel(key, _network_label(net, model), model=model,
-                         learn_noise=learn_noise)
+    return UnfoldedModel(key + suffix, _network_label(net, model) + vlabel,
+                         model=model, learn_noise=learn_noise, **variant)
 
 
 def classical_methods():
@@ -480,10 +604,31 @@ def _learned_keys():
             for mode in _MODES.values()]
 
 
+def variant_methods():
+    """The source-model variants of the fixed-depth unfolded entries, by key.
+
+    ``cb-joint-25``, ``cb-source-25`` and every ``<model>-joint``,
+    ``<model>-source``, each with the ``"-multiscale"`` and ``"-loose"``
+    suffix (see the module docs).
+    """
+    out = {}
+    bases = [("cb", lm) for lm in (True, False)] + [
+        (m, lm) for m in MODELS if m != "cb" for lm in (True, False)]
+    for suffix, (source_model, loose) in VARIANTS.items():
+        if not suffix:
+            continue
+        for model, learn_noise in bases:
+            m = unfolded_method(model, learn_noise, source_model=source_model,
+                                loose=loose)
+            out[m.key] = m
+    return out
+
+
 def method_names():
-    """Every method name :func:`get_method` accepts (besides weights files)."""
+    """Every method name :func:`get_method` accepts (besides weights files
+    and other ``"-loose<x>"`` values)."""
     return (list(mne_methods()) + list(MODELS) + list(classical_methods())
-            + _learned_keys())
+            + _learned_keys() + list(variant_methods()))
 
 
 def _is_weights_path(method):
@@ -495,7 +640,7 @@ def _is_weights_path(method):
 
 
 def get_method(method, *, learn_noise=True, n_layers=None,
-               mxne_alpha=MXNE_ALPHA):
+               mxne_alpha=MXNE_ALPHA, source_model="point", loose=0.0):
     """Look a method up in the registry.
 
     Parameters
@@ -509,6 +654,11 @@ def get_method(method, *, learn_noise=True, n_layers=None,
         Depth of ``"cb"``.
     mxne_alpha : float
         MxNE regularisation.
+    source_model : "point" | "multiscale"
+        For a bare model name or a network: the source model. A key with a
+        variant suffix (``"cb-joint-25-multiscale"``) says it itself.
+    loose : float
+        For a bare model name or a network: the orientation constraint.
 
     Returns
     -------
@@ -522,7 +672,8 @@ def get_method(method, *, learn_noise=True, n_layers=None,
     if isinstance(method, ComparisonMethod):
         return method
     if _is_weights_path(method):
-        return unfolded_method(method, learn_noise)
+        return unfolded_method(method, learn_noise, source_model=source_model,
+                               loose=loose)
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, an UnfoldedSBL, a path or a "
                         f"ComparisonMethod, got {type(method).__name__}.")
@@ -531,13 +682,25 @@ def get_method(method, *, learn_noise=True, n_layers=None,
     if key in mne_:
         return mne_[key]
     if key in MODELS:
-        return unfolded_method(key, learn_noise, n_layers=n_layers)
+        return unfolded_method(key, learn_noise, n_layers=n_layers,
+                               source_model=source_model, loose=loose)
     classical = classical_methods()
     if key in classical:
         return classical[key]
     if key in _learned_keys():
         model, _, mode = key.rpartition("-")
         return unfolded_method(model, mode == "joint")
+    base, sm, lo = _split_variant(key)
+    if base != key:
+        if base in classical and classical[base].tol is None:
+            spec = classical[base]
+            return unfolded_method("cb", spec.learn_noise,
+                                   n_layers=spec.n_layers, source_model=sm,
+                                   loose=lo)
+        if base in _learned_keys():
+            model, _, mode = base.rpartition("-")
+            return unfolded_method(model, mode == "joint", source_model=sm,
+                                   loose=lo)
     raise ValueError(f"Unknown method {method!r}; valid methods are "
                      f"{method_names()}, an UnfoldedSBL network or a "
                      ".safetensors weights file.")

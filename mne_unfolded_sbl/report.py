@@ -13,9 +13,13 @@ to the classical convex-bounding solver, with a visible note, when no
 pretrained weights for the model are available) and with the comparison
 methods, and adds to the report: brain pictures side by side, a table of
 peak sources, time courses at the peak sources, the learned per-channel
-noise (topomap and the noisiest channels), and the per-layer convergence of
-the unfolded solver (Type-II cost, change of the source variances, and for
-learned models the mean magnitude of the corrections).
+noise (topomap and the noisiest channels), optionally the posterior
+standard deviation of every source (``posterior_std=True``), and the
+per-layer convergence of the unfolded solver (Type-II cost, change of the
+source variances, and for learned models the mean magnitude of the
+corrections). ``source_model="multiscale"`` and ``loose`` choose the
+source model of the unfolded estimates (extended patches, loose
+orientation; see :func:`mne_unfolded_sbl.apply_unfolded_sbl`).
 
 Every method is an entry of the registry :mod:`mne_unfolded_sbl.methods`,
 which the benchmark uses too: a name means the same solver with the same
@@ -41,7 +45,8 @@ from mne.utils import _validate_type, logger, verbose
 from . import unfolded_sbl_trajectory
 from ._docs import fill_doc
 from .core.metrics import evaluate, local_maxima, source_neighbors
-from .methods import MinimumNorm, expand_stc, get_method, unfolded_method
+from .methods import (MinimumNorm, UnfoldedModel, expand_stc, get_method,
+                      unfolded_method)
 
 __all__ = [
     "compute_estimate",
@@ -72,7 +77,8 @@ def source_positions_mri(fwd):
 @verbose
 @fill_doc
 def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
-                     n_layers=None, lambda2=None, verbose=None):
+                     n_layers=None, lambda2=None, source_model="point",
+                     loose=0.0, posterior_std=False, verbose=None):
     """Localise ``evoked`` with one method of the registry.
 
     Parameters
@@ -89,6 +95,14 @@ def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
         Regularisation of the minimum-norm methods; None uses
         :data:`mne_unfolded_sbl.methods.LAMBDA2` (``1 / 9``: SNR = 3, MNE's
         usual choice for evoked data; use ``1.`` for single trials).
+    %(source_model)s
+        Unfolded models given by a bare name or a network only (a key such
+        as ``"cb-joint-25-multiscale"`` says its own).
+    %(loose)s
+        As ``source_model``; ``loose > 0`` needs a free-orientation forward.
+    posterior_std : bool
+        Unfolded models: also compute the posterior standard deviation of
+        every source (``result["std"]``).
     %(verbose)s
 
     Returns
@@ -97,18 +111,26 @@ def compute_estimate(evoked, fwd, noise_cov, method, *, learn_noise=True,
         ``stc`` (on every source of ``fwd``), ``label``, ``name`` (method
         actually used), ``seconds``, ``note`` (fallback message or None),
         ``noise_cov`` (learned, unfolded joint models only), ``unit``
-        (``"A·m"`` or ``"a.u."``).
+        (``"A·m"`` or ``"a.u."``), ``std`` (posterior std as a
+        SourceEstimate in A·m, constant over time; None unless
+        ``posterior_std`` and an unfolded model).
 
     Raises
     ------
     ValueError
         For an unknown method name (the message lists the valid ones).
     """
-    spec = get_method(method, learn_noise=learn_noise, n_layers=n_layers)
+    spec = get_method(method, learn_noise=learn_noise, n_layers=n_layers,
+                      source_model=source_model, loose=loose)
     if lambda2 is not None and isinstance(spec, MinimumNorm):
         spec = dataclasses.replace(spec, lambda2=float(lambda2))
     t0 = _time.perf_counter()
-    res = spec.estimate(evoked, fwd, noise_cov)
+    if isinstance(spec, UnfoldedModel):
+        res = spec.estimate(evoked, fwd, noise_cov,
+                            posterior_std=bool(posterior_std))
+    else:
+        res = spec.estimate(evoked, fwd, noise_cov)
+        res["std"] = None
     res["seconds"] = _time.perf_counter() - t0
     return res
 
@@ -190,31 +212,42 @@ def metrics_table(stc_true, results, fwd):
     Returns
     -------
     rows : list of dict
-        ``label``, ``rmse``, ``le_mm``, ``emd_mm``, ``f1``, ``seconds``.
+        ``label``, ``rmse``, ``le_mm``, ``emd_mm``, ``f1``, ``ap``,
+        ``seconds``, ``unit``, ``signed``. An unsigned estimate (the norm
+        over orientations of loose orientation, ``result["signed"]``
+        False) is compared with the true ``|amplitude|``.
     """
     pos = source_positions_mri(fwd)
     x_true = expand_stc(stc_true, fwd).data
     rows = []
     for res in results.values():
-        m = evaluate(x_true, res["stc"].data, pos, verbose=False)
+        signed = res.get("signed", True)
+        m = evaluate(x_true if signed else np.abs(x_true), res["stc"].data,
+                     pos, verbose=False)
         rows.append(dict(label=res["label"], rmse=float(m["rmse"][0]),
                          le_mm=float(m["le"][0]) * 1e3,
                          emd_mm=float(m["emd"][0]) * 1e3, f1=float(m["f1"][0]),
-                         seconds=res["seconds"], unit=res["unit"]))
+                         ap=float(m["ap"][0]), seconds=res["seconds"],
+                         unit=res["unit"], signed=signed))
     return rows
 
 
 def format_metrics_table(rows):
     """Plain-text table of :func:`metrics_table` rows (for terminals)."""
-    head = f"{'method':<44} {'rMSE':>9} {'LE (mm)':>8} {'EMD (mm)':>9} {'F1':>6} {'time (s)':>9}"
+    head = (f"{'method':<44} {'rMSE':>9} {'LE (mm)':>8} {'EMD (mm)':>9} "
+            f"{'F1':>6} {'AP':>6} {'time (s)':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         rmse = _fmt_rmse(r)
         lines.append(f"{r['label'][:44]:<44} {rmse:>9} {r['le_mm']:>8.1f} "
-                     f"{r['emd_mm']:>9.1f} {r['f1']:>6.2f} {r['seconds']:>9.2f}")
+                     f"{r['emd_mm']:>9.1f} {r['f1']:>6.2f} "
+                     f"{r.get('ap', np.nan):>6.2f} {r['seconds']:>9.2f}")
     if any(r["unit"] != "A·m" for r in rows):
         lines.append("* noise-normalised values (not A·m): an rMSE against "
                      "the true amplitudes is not meaningful.")
+    if not all(r.get("signed", True) for r in rows):
+        lines.append("loose orientation: the estimate is the norm over the "
+                     "orientations, compared with the true |amplitude|.")
     return "\n".join(lines)
 
 
@@ -224,18 +257,26 @@ def _fmt_rmse(row):
 
 def _metrics_html(rows):
     head = ("<tr><th>method</th><th>rMSE</th><th>LE (mm)</th><th>EMD (mm)</th>"
-            "<th>F1</th><th>time (s)</th></tr>")
+            "<th>F1</th><th>AP</th><th>time (s)</th></tr>")
     body = "".join(
         f"<tr><td>{html.escape(r['label'])}</td><td>{_fmt_rmse(r)}</td>"
         f"<td>{r['le_mm']:.1f}</td><td>{r['emd_mm']:.1f}</td>"
-        f"<td>{r['f1']:.2f}</td><td>{r['seconds']:.2f}</td></tr>" for r in rows)
+        f"<td>{r['f1']:.2f}</td><td>{r.get('ap', np.nan):.2f}</td>"
+        f"<td>{r['seconds']:.2f}</td></tr>" for r in rows)
     foot = ("<p>rMSE: ‖X̂−X‖²/‖X‖²; LE: mean distance from each true peak to "
             "the nearest estimated peak; EMD: optimal-transport distance "
             "between the normalised source-power maps; F1: support recovery "
-            "at 10 % of the maximum (paper appendix B.3).")
+            "at 10 % of the maximum (paper appendix B.3); AP: average "
+            "precision of detecting the true support (sources above 10 % of "
+            "the true maximum) when ranking sources by estimated power, "
+            "independent of any threshold on the estimate.")
     if any(r["unit"] != "A·m" for r in rows):
         foot += (" * noise-normalised values (not A·m): an rMSE against the "
                  "true amplitudes is not meaningful.")
+    if not all(r.get("signed", True) for r in rows):
+        foot += (" Loose orientation: the estimate is the norm over the "
+                 "orientations (no sign), compared with the true "
+                 "|amplitude|.")
     return (f"<table class='table table-sm table-striped mus-metrics'>"
             f"<thead>{head}</thead><tbody>{body}</tbody></table>{foot}</p>")
 
@@ -248,14 +289,19 @@ def _plot_time(evoked, time):
     return time
 
 
-def _run_estimates(evoked, fwd, noise_cov, model, compare, learn_noise):
+def _run_estimates(evoked, fwd, noise_cov, model, compare, learn_noise,
+                   source_model="point", loose=0.0, posterior_std=False):
     """The unfolded model (key ``"unfolded"``) and the comparison methods.
 
     A comparison method that names what the model already ran (``"cb"``
-    after the fallback) is skipped.
+    after the fallback) is skipped. ``source_model`` and ``loose`` apply to
+    the unfolded model and to the comparison models given by a bare name
+    (``"cb"``); the posterior std is computed for the unfolded model only.
     """
+    variant = dict(source_model=source_model, loose=loose)
     estimates = {"unfolded": compute_estimate(
-        evoked, fwd, noise_cov, model, learn_noise=learn_noise, verbose=False)}
+        evoked, fwd, noise_cov, model, learn_noise=learn_noise,
+        posterior_std=posterior_std, verbose=False, **variant)}
     used = estimates["unfolded"]["name"]
     for meth in compare:
         key = str(meth).lower()
@@ -263,18 +309,32 @@ def _run_estimates(evoked, fwd, noise_cov, model, compare, learn_noise):
             continue  # e.g. "cb" after the fallback: already there
         estimates[key] = compute_estimate(evoked, fwd, noise_cov, meth,
                                           learn_noise=learn_noise,
-                                          verbose=False)
+                                          verbose=False, **variant)
     return estimates
 
 
-def _add_summary(report, evoked, fwd, estimates, kw):
+_SOURCE_MODEL_TEXT = {
+    "point": "point sources (one variance per source)",
+    "multiscale": "multi-scale (point sources and extended cortical patches "
+                  "of 8-25 mm radius; kept where its evidence beats the point "
+                  "model)",
+}
+
+
+def _add_summary(report, evoked, fwd, estimates, kw, source_model="point",
+                 loose=0.0):
     """Methods run, data size, the fallback note and the run times."""
     unfolded = estimates["unfolded"]
     others = ", ".join(r["label"] for k, r in estimates.items()
                        if k != "unfolded") or "none"
+    ori = ("fixed, normal to the cortex" if not loose else
+           f"loose = {loose:g} (tangential dipoles with prior variance "
+           f"{loose:g} relative to the normal one; maps show the norm)")
     lines = [f"<p><b>Unfolded SBL model run:</b> "
              f"{html.escape(unfolded['label'])}; "
              f"comparison: {html.escape(others)}.</p>",
+             f"<p>Source model of the unfolded estimates: "
+             f"{_SOURCE_MODEL_TEXT[source_model]}; orientation: {ori}.</p>",
              f"<p>{len(evoked.ch_names)} channels, {evoked.data.shape[1]} "
              f"samples ({evoked.times[0] * 1e3:.0f} to "
              f"{evoked.times[-1] * 1e3:.0f} ms), nave = {evoked.nave}; "
@@ -303,7 +363,7 @@ def _brain_entries(estimates, stc_true):
     return truth + [(r["label"], r["stc"]) for r in estimates.values()]
 
 
-def _render_brains(entries, subjects_dir, time, backend):
+def _render_brains(entries, subjects_dir, time, backend, **plot_kw):
     """Render each estimate; return the images (same width) and backend."""
     import matplotlib.pyplot as plt
 
@@ -312,7 +372,7 @@ def _render_brains(entries, subjects_dir, time, backend):
     images, used = [], None
     for label, stc in entries:
         fig = plot_source_estimate(stc, subjects_dir, time=time,
-                                   backend=backend, title=label)
+                                   backend=backend, title=label, **plot_kw)
         used = fig._mus_backend
         images.append(figure_to_array(fig))
         plt.close(fig)
@@ -336,6 +396,47 @@ def _add_brains(report, estimates, stc_true, subjects_dir, time, backend, kw):
                           "of the maximum to the maximum). Rendered with "
                           f"{backend_used}.", **kw)
     return backend_used
+
+
+#: Caption of the posterior-std picture.
+STD_CAPTION = (
+    "Posterior standard deviation of every source (A·m), the square root of "
+    "the diagonal of the posterior covariance Γ − ΓLᵀΣ_y⁻¹LΓ of {label}; it "
+    "does not change over time. It is the model's uncertainty about each "
+    "source amplitude given the source variances γ it learned: where the "
+    "std is comparable to the estimated amplitude, the amplitude is poorly "
+    "determined by the data (deep sources, or activity that neighbouring "
+    "sources explain equally well). Sources the model pruned (γ ≈ 0) get a "
+    "std of ~0 because the prior switches them off, not because the data "
+    "show them silent: a dark region here is not evidence of no activity. "
+    "Largest std: {std_max}, {ratio:.0f} % of the largest estimated "
+    "amplitude ({amp_max}). Colour scale: this map's own (see the colour "
+    "bar). Rendered with {backend}.")
+
+
+def _nam(value):
+    return f"{value * 1e9:.3g} nA·m"
+
+
+def _add_posterior_std(report, estimates, subjects_dir, backend, kw):
+    """The brain picture of the unfolded model's posterior std (same
+    renderer as the estimates); return the backend used, None if none."""
+    unfolded = estimates["unfolded"]
+    std = unfolded.get("std")
+    if std is None:
+        return None
+    images, used = _render_brains(
+        [(f"Posterior std: {unfolded['label']}", std)], subjects_dir, "rms",
+        backend, value_label="posterior std", time_label="constant over time")
+    std_max = float(np.abs(std.data).max())
+    amp_max = float(np.abs(unfolded["stc"].data).max())
+    report.add_figure(images[0],
+                      title=f"Posterior std: {unfolded['label']}",
+                      caption=STD_CAPTION.format(
+                          label=unfolded["label"], backend=used,
+                          std_max=_nam(std_max), amp_max=_nam(amp_max),
+                          ratio=100 * std_max / max(amp_max, 1e-300)), **kw)
+    return used
 
 
 def _add_peak_table(report, estimates, stc_true, fwd, n_peaks, kw):
@@ -410,7 +511,7 @@ def _add_learned_noise(report, evoked, cov, true_noise_cov, kw):
 
 
 def _add_convergence(report, evoked, fwd, noise_cov, model, estimates,
-                     learn_noise, kw):
+                     learn_noise, kw, variant=False):
     """Per-layer convergence of the model run (and of the classical solver
     next to a learned one); return the trajectories by label."""
     import matplotlib.pyplot as plt
@@ -433,6 +534,10 @@ def _add_convergence(report, evoked, fwd, noise_cov, model, estimates,
     cap += (", and the mean |correction| the learned modules add in the "
             "log domain." if learned else
             ". The classical solver has no learned corrections.")
+    if variant:
+        cap += (" Computed with point sources and fixed orientation "
+                "(unfolded_sbl_trajectory), not with the source model of "
+                "the estimates above.")
     report.add_figure(fig, title="Convergence per layer", caption=cap, **kw)
     plt.close(fig)
     return trajectories
@@ -446,7 +551,8 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
                                time="peak", n_peaks=5, stc_true=None,
                                true_noise_cov=None, section=None,
                                backend="auto", convergence=True,
-                               replace=False, verbose=None):
+                               replace=False, source_model="point", loose=0.0,
+                               posterior_std=False, verbose=None):
     """Add unfolded-SBL and comparison estimates to an :class:`mne.Report`.
 
     Parameters
@@ -491,36 +597,53 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
         Add the per-layer convergence plot.
     replace : bool
         Replace report items with the same title.
+    %(source_model)s
+        Of the unfolded model and of the comparison models given by a
+        bare name (``"cb"``).
+    %(loose)s
+        As ``source_model``; ``loose > 0`` needs a free-orientation
+        forward (the maps then show the norm over the orientations).
+    posterior_std : bool
+        Add a brain picture of the posterior standard deviation of the
+        unfolded model's sources (same renderer as the estimates), with a
+        caption saying what it means.
     %(verbose)s
 
     Returns
     -------
     results : dict
         ``estimates`` (key -> :func:`compute_estimate` dict; the unfolded
-        model's key is ``"unfolded"``), ``model`` (name actually run),
+        model's key is ``"unfolded"``, with its posterior std under
+        ``"std"`` with ``posterior_std``), ``model`` (name actually run),
         ``note`` (fallback message or None), ``peaks`` (key -> list),
         ``metrics`` (rows, with ``stc_true``), ``trajectories``,
         ``backend`` (brain renderer used), ``time``.
     """
+    from .methods import _check_variant
+
     _validate_type(report, mne.Report, "report")
     _validate_type(evoked, mne.Evoked, "evoked")
+    _validate_type(posterior_std, bool, "posterior_std")
+    source_model, loose = _check_variant(source_model, loose)
     compare = (compare,) if isinstance(compare, str) else tuple(compare or ())
     for meth in compare:  # an unknown name fails before any work is done
         get_method(meth, learn_noise=learn_noise)
     t_plot = _plot_time(evoked, time)
 
     estimates = _run_estimates(evoked, fwd, noise_cov, model, compare,
-                               learn_noise)
+                               learn_noise, source_model, loose,
+                               posterior_std)
     unfolded = estimates["unfolded"]
     if section is None:
         section = f"Source imaging ({unfolded['label']})"
     kw = dict(section=section, replace=replace)
 
-    _add_summary(report, evoked, fwd, estimates, kw)
+    _add_summary(report, evoked, fwd, estimates, kw, source_model, loose)
     metrics = (None if stc_true is None
                else _add_metrics(report, stc_true, estimates, fwd, kw))
     backend_used = _add_brains(report, estimates, stc_true, subjects_dir,
                                t_plot, backend, kw)
+    _add_posterior_std(report, estimates, subjects_dir, backend, kw)
     peaks = _add_peak_table(report, estimates, stc_true, fwd, n_peaks, kw)
     _add_time_courses(report, estimates, peaks, stc_true, kw)
     if unfolded["noise_cov"] is not None:
@@ -528,8 +651,9 @@ def add_unfolded_sbl_to_report(report, evoked, fwd, noise_cov, *,
                            true_noise_cov, kw)
     trajectories = {}
     if convergence:
-        trajectories = _add_convergence(report, evoked, fwd, noise_cov, model,
-                                        estimates, learn_noise, kw)
+        trajectories = _add_convergence(
+            report, evoked, fwd, noise_cov, model, estimates, learn_noise, kw,
+            variant=(source_model, loose) != ("point", 0.0))
 
     logger.info(f"Added {unfolded['name']} and {len(estimates) - 1} "
                 f"comparison estimate(s) to the report (brains rendered with "

@@ -72,6 +72,10 @@ def test_command_help(capsys):
     (["--sfreq", "0"], "--sfreq"),
     (["--sfreq", "nan"], "--sfreq"),
     (["--snr-db", "inf", "5"], "--snr-db"),
+    (["--loose", "1.5"], "--loose"),
+    (["--loose", "-0.1"], "--loose"),
+    (["--loose", "nan"], "--loose"),
+    (["--source-model", "patches"], "--source-model"),
 ])
 def test_demo_numeric_options_validated(capsys, no_demo_run, argv, option):
     code, err = _error(capsys, ["demo"] + argv)
@@ -140,3 +144,27 @@ def test_demo_out_folder_meaning_kept(tmp_path, capsys, no_demo_run):
         got = no_demo_run[-1][0]
         assert got == (expected / "report.html" if expected else tmp_path / "R.HTM")
         assert got.parent.is_dir()
+
+
+def test_demo_source_model_options(capsys, no_demo_run, tmp_path):
+    """--source-model and --loose reach run_demo; multiscale needs loose 0."""
+    assert cli.main(["demo", "--out", str(tmp_path / "a"), "--source-model",
+                     "multiscale"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path / "b"), "--loose",
+                     "0.2"]) == 0
+    (_, kw_ms), (_, kw_lo) = no_demo_run
+    assert kw_ms["source_model"] == "multiscale" and kw_ms["loose"] == 0.0
+    assert kw_lo["source_model"] == "point" and kw_lo["loose"] == 0.2
+    code, err = _error(capsys, ["demo", "--out", str(tmp_path / "c"),
+                                "--source-model", "multiscale", "--loose",
+                                "0.2"])
+    assert code == 2 and "argument --loose" in err and "multiscale" in err
+    assert len(no_demo_run) == 2  # the refused call ran nothing
+
+
+def test_run_demo_refuses_multiscale_with_loose(tmp_path):
+    """The Python entry point refuses it before any computation."""
+    with pytest.raises(ValueError, match="loose=0"):
+        demo.run_demo(tmp_path / "r.html", source_model="multiscale",
+                      loose=0.2)
+    assert not (tmp_path / "r.html").exists()

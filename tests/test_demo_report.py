@@ -74,7 +74,10 @@ def test_demo_end_to_end(tmp_path, train_fwd, cache_env, monkeypatch, capsys):
                   "Learned noise (noisiest channels)", "Convergence per layer"):
         assert title in titles, titles
     assert any(t.startswith("Brain: Convex bounding") for t in titles)
-    assert len(images) >= 7
+    # the demo always shows the posterior std of the unfolded model
+    assert any(t.startswith("Posterior std: Convex bounding") for t in titles)
+    assert "not because the data show them silent" in html
+    assert len(images) >= 8
     for section in ("Summary", "Metrics against the ground truth",
                     "Peak sources", "Simulation settings"):
         assert section in html
@@ -197,3 +200,72 @@ def test_trajectory_learned_and_classical(easy):
     assert len(traj["delta_source"]) == 4 and traj["delta_source"][-1] is None
     np.testing.assert_array_equal(traj["mean_abs_delta_source"][:3], 0.0)
     assert np.isnan(traj["mean_abs_delta_source"][3])
+
+
+def _titles_captions(report):
+    return {c.name: c for c in report._content}
+
+
+def test_report_posterior_std_and_source_models(easy, subjects_dir,
+                                                monkeypatch):
+    """posterior_std adds a brain picture of the unfolded model's std with
+    a caption saying what it means; source_model / loose reach the
+    unfolded estimates (and cb given by name), the summary says which."""
+    from mne_unfolded_sbl.benchmark.settings import free_template_forward
+    from mne_unfolded_sbl.report import STD_CAPTION
+
+    fwd, evoked, stc_true, cov = easy
+    _no_weights(monkeypatch)
+    report = mne.Report(verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = add_unfolded_sbl_to_report(
+            report, evoked, fwd, cov, model="cb", compare=("sloreta",),
+            subjects_dir=subjects_dir, backend="matplotlib",
+            stc_true=stc_true, source_model="multiscale",
+            posterior_std=True, convergence=False, verbose=False)
+    unfolded = out["estimates"]["unfolded"]
+    assert unfolded["label"].endswith(", multi-scale")
+    std = unfolded["std"]
+    assert std is not None and (std.data >= 0).all()
+    # constant over time, zero where the model pruned, largest near the truth
+    np.testing.assert_allclose(std.data, std.data[:, :1] * np.ones_like(
+        std.data))
+    amp = np.abs(unfolded["stc"].data).max(1)
+    assert std.data[:, 0][amp == 0].max(initial=0) <= 1e-3 * std.data.max()
+    true_peak = np.argmax(np.abs(expand_stc(stc_true, fwd).data).max(1))
+    pos = source_positions_mri(fwd)
+    std_peak = np.argmax(std.data[:, 0])
+    assert np.linalg.norm(pos[std_peak] - pos[true_peak]) < 0.03
+    items = _titles_captions(report)
+    title = f"Posterior std: {unfolded['label']}"
+    assert title in items
+    assert "prior switches them off" in STD_CAPTION
+    assert "multi-scale" in items["Summary"].html
+    assert "orientation: fixed" in items["Summary"].html
+    assert "AP" in items["Metrics against the ground truth"].html
+    # loose orientation on the free-orientation template forward
+    free = free_template_forward("train-64", "ico3", bem_ico=3)
+    assert not mne.forward.is_fixed_orient(free)
+    report = mne.Report(verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = add_unfolded_sbl_to_report(
+            report, evoked, free, cov, model="cb", compare=(),
+            subjects_dir=subjects_dir, backend="matplotlib", loose=0.2,
+            posterior_std=False, convergence=True, stc_true=stc_true,
+            verbose=False)
+    unfolded = out["estimates"]["unfolded"]
+    assert unfolded["label"].endswith("loose 0.2") and unfolded["std"] is None
+    assert (unfolded["stc"].data >= 0).all()  # the norm over orientations
+    # ... scored against the true |amplitude|, not the signed one
+    (row,) = out["metrics"]
+    assert row["signed"] is False and row["rmse"] < 0.5, row
+    items = _titles_captions(report)
+    assert not any(t.startswith("Posterior std") for t in items)
+    assert "loose = 0.2" in items["Summary"].html
+    assert "point sources and fixed orientation" in \
+        items["Convergence per layer"].html
+    with pytest.raises(ValueError, match="loose=0"):
+        add_unfolded_sbl_to_report(mne.Report(verbose=False), evoked, fwd,
+                                   cov, source_model="multiscale", loose=0.2)

@@ -146,3 +146,82 @@ def test_expand_stc_one_home(problem):
                                                np.array([], int)], 0.0, 0.01)
     with pytest.raises(ValueError, match="not in the forward"):
         methods.expand_stc(bad, fwd)
+
+
+def test_source_model_variants_in_the_registry():
+    """Multi-scale and loose entries: keys, labels, settings, parsing."""
+    names = methods.method_names()
+    for key in ("cb-joint-25-multiscale", "cb-source-25-multiscale",
+                "deep-cb-joint-multiscale", "cb-joint-25-loose",
+                "deep-cb-source-loose"):
+        assert key in names
+        entry = methods.get_method(key)
+        assert entry.key == key
+    ms = methods.get_method("cb-joint-25-multiscale")
+    assert (ms.source_model, ms.loose, ms.n_layers) == ("multiscale", 0.0, 25)
+    assert ms.label == f"{model_label('cb', True)}, 25 it., multi-scale"
+    assert "evidence" in ms.describe()
+    lo = methods.get_method("deep-cb-joint-loose")
+    assert (lo.model, lo.source_model, lo.loose) == ("deep-cb", "point",
+                                                      methods.LOOSE)
+    assert lo.label == f"{model_label('deep-cb', True)}, loose 0.2"
+    half = methods.get_method("cb-source-25-loose0.5")
+    assert half.loose == 0.5 and not half.learn_noise
+    # a bare name takes the caller's source model, and gets the variant key
+    assert methods.get_method("cb", source_model="multiscale") == ms
+    assert methods.get_method("deep-cb", loose=0.2) == lo
+    assert methods.get_method("cb", loose=0.0).key == "cb-joint-25"
+    assert methods.variant_suffix("point", 0.3) == "-loose0.3"
+    assert set(methods.variant_methods()) <= set(names)
+    with pytest.raises(ValueError, match="loose=0"):
+        methods.get_method("cb", source_model="multiscale", loose=0.2)
+    with pytest.raises(ValueError, match="source_model must be"):
+        methods.get_method("cb", source_model="patch")
+    with pytest.raises(ValueError, match="between 0"):
+        methods.get_method("cb", loose=1.5)
+    for bad in ("cb-joint-conv-multiscale", "cb-joint-25-loose2",
+                "cb-joint-25-loosex", "sloreta-multiscale"):
+        with pytest.raises(ValueError, match="Unknown method"):
+            methods.get_method(bad)
+    with pytest.raises(ValueError, match="point source with fixed"):
+        methods.unfolded_method("cb", True, tol=1e-6,
+                                source_model="multiscale")
+    # the benchmark resolves the same entries
+    (bench,) = resolve_methods("cb-joint-25-multiscale")
+    assert bench.spec == ms and bench.label == ms.label
+
+
+def test_variant_estimates_are_the_api_estimates(tiny_forward):
+    """The registry's multi-scale and loose entries run apply_unfolded_sbl
+    with that source model (same estimate), and give the posterior std."""
+    from mne_unfolded_sbl import apply_unfolded_sbl
+
+    fwd, info = tiny_forward
+    free = mne.convert_forward_solution(fwd, surf_ori=True, use_cps=True,
+                                        verbose="error")
+    fixed = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
+                                         use_cps=True, verbose="error")
+    rng = np.random.default_rng(0)
+    x = np.zeros((fixed["nsource"], 30))
+    x[[5, 200]] = 1e-8 * rng.standard_normal((2, 30))
+    data = fixed["sol"]["data"] @ x
+    data += 1e-7 * rng.standard_normal(data.shape)
+    evoked = mne.EvokedArray(data, info, nave=1, verbose=False)
+    evoked.set_eeg_reference(projection=True, verbose=False)
+    cov = mne.make_ad_hoc_cov(evoked.info, verbose=False)
+    for key, f, kw in (("cb-joint-25-multiscale", fixed,
+                        dict(source_model="multiscale")),
+                       ("cb-joint-25-loose", free, dict(loose=0.2))):
+        res = compute_estimate(evoked, f, cov, key, posterior_std=True,
+                               verbose=False)
+        stc, _, std = apply_unfolded_sbl(
+            evoked, f, cov, "cb", learn_noise=True, return_noise_cov=True,
+            return_posterior_std=True, verbose=False, **kw)
+        np.testing.assert_allclose(res["stc"].data, stc.data, rtol=1e-6,
+                                   atol=1e-6 * np.abs(stc.data).max())
+        np.testing.assert_allclose(res["std"].data, std.data, rtol=1e-6)
+        assert res["label"] == methods.get_method(key).label
+        assert (res["std"].data >= 0).all() and res["std"].data.max() > 0
+    # MNE's methods have no posterior std
+    assert compute_estimate(evoked, fixed, cov, "sloreta",
+                            posterior_std=True, verbose=False)["std"] is None

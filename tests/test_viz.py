@@ -129,3 +129,28 @@ def test_brain_render_pyvista(train_fwd, subjects_dir, monkeypatch):
 def test_backend_env(monkeypatch):
     monkeypatch.setenv("MNE_UNFOLDED_SBL_3D", "matplotlib")
     assert available_3d_backend() == "matplotlib"
+
+
+def test_value_and_time_labels(train_fwd, subjects_dir):
+    """The colour bar names what is shown (e.g. a posterior std) and the
+    title can replace the time."""
+    stc = _focal_stc(train_fwd)
+    fig = plot_source_estimate(stc, subjects_dir, backend="matplotlib",
+                               views=("lateral",), title="Posterior std",
+                               value_label="posterior std",
+                               time_label="constant over time")
+    texts = [fig._suptitle.get_text()] + [
+        ax.get_xlabel() for ax in fig.axes]
+    assert "Posterior std — constant over time" in texts
+    assert any(t.startswith("posterior std (nA·m)") for t in texts)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    fig = plot_source_estimate(stc, subjects_dir, backend="matplotlib",
+                               views=("lateral",), time="rms")
+    assert fig._suptitle.get_text() == "temporal RMS"
+    assert any(ax.get_xlabel().startswith("|source amplitude|")
+               for ax in fig.axes)
+    plt.close(fig)
+    with pytest.raises(TypeError, match="time_label"):
+        plot_source_estimate(stc, subjects_dir, time_label=3)

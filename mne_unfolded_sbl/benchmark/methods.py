@@ -7,9 +7,10 @@ turns the batch into source estimates ``(B, N, T)`` in the simulator's
 units and reports the seconds it spent per sample. Three families:
 
 - ``"sbl"`` (:class:`SBLMethod`): the convex-bounding solver (classical,
-  fixed depth or run to convergence) and the learned unfolded networks.
-  Batched in PyTorch on the arrays (average-referenced lead field, data,
-  true noise variances).
+  fixed depth or run to convergence) and the learned unfolded networks,
+  with the point, multi-scale or loose-orientation source model of the
+  registry entry. Batched in PyTorch on the arrays (average-referenced lead
+  field, data, true noise variances).
 - ``"linear"`` (:class:`MNELinearMethod`): MNE's minimum-norm family
   (sLORETA, dSPM, eLORETA, MNE).
 - ``"sparse"`` (:class:`GammaMapMethod`, :class:`MxNEMethod`): MNE's
@@ -32,10 +33,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mne.utils import use_log_level as mne_log_level
 
 from .. import methods as registry
 from ..core._utils import DTYPES
+from ..core.multiscale import prefer_multiscale
 from ..core.network import MODELS
+from ..core.solver import convex_bounding, covariance_statistic, posterior_mean
 # the settings live in the registry; re-exported for the CLI and runner
 from ..methods import (CB_MAX_ITER, CB_TOL, LAMBDA2, MXNE_ALPHA, N_LAYERS,
                        expand_stc)
@@ -56,6 +60,9 @@ class Batch:
     X: np.ndarray  # (B, N, T)
     noise_var: np.ndarray  # (B, M)
     index: np.ndarray  # (B,) sample indices
+    #: (B, N, 3) dipole orientations (head coordinates) of problems scored
+    #: on vectors (tilted dipoles), else None.
+    ori: np.ndarray = None
     _mne: dict = field(default_factory=dict)
 
     def __len__(self):
@@ -66,9 +73,13 @@ class Batch:
         if i not in self._mne:
             import mne
 
-            ev = mne.EvokedArray(self.Y[i] * SOURCE_SCALE, problem.info,
-                                 tmin=0.0, nave=1, verbose=False)
-            cov = mne.Covariance(self.noise_var[i] * SOURCE_SCALE ** 2,
+            # MEG+EEG problems: rows back to physical units
+            scale = (np.ones(self.Y.shape[1]) if problem.row_scale is None
+                     else np.asarray(problem.row_scale, float))
+            ev = mne.EvokedArray(self.Y[i] * SOURCE_SCALE / scale[:, None],
+                                 problem.info, tmin=0.0, nave=1, verbose=False)
+            cov = mne.Covariance(self.noise_var[i] * SOURCE_SCALE ** 2
+                                 / scale ** 2,
                                  list(problem.ch_names), bads=[],
                                  projs=list(problem.info["projs"]),
                                  nfree=self.Y.shape[-1], verbose=False)
@@ -105,6 +116,11 @@ class Solution:
     setup_seconds: np.ndarray = None  # (B,) per-sample setup (linear methods)
     n_iter: np.ndarray = None  # (B,) iterations (iterative methods)
     failed: np.ndarray = None  # (B,) bool: the solver raised
+    #: (B, N, 3, T) dipole vectors in head coordinates (loose orientation;
+    #: None: ``X`` along the cortical normal).
+    X_vec: np.ndarray = None
+    #: (B,) bool: the multi-scale model was kept (multi-scale methods).
+    multiscale: np.ndarray = None
 
 
 class Method:
@@ -156,7 +172,22 @@ class SBLMethod(Method):
         The registry entry: model (``"cb"``, a learned model name or a
         weights file), ``learn_noise`` (joint ``(gamma, lambda)`` or
         source-only with the true noise), depth ``n_layers`` of the
-        classical solver, or ``tol`` to run it to convergence.
+        classical solver, or ``tol`` to run it to convergence, and the
+        source model:
+
+        - ``source_model="multiscale"``: the atoms of
+          :class:`~mne_unfolded_sbl.source_models.SourceModel` on the
+          problem's source space (needs ``problem.fwd``); the network runs
+          on the atoms' lead field and on the point lead field, and each
+          sample keeps the model of lower
+          :func:`~mne_unfolded_sbl.core.multiscale.evidence_cost`, as
+          :func:`~mne_unfolded_sbl.apply_unfolded_sbl` does;
+        - ``loose > 0``: three columns per source (the free-orientation
+          lead field ``problem.L_free`` weighted by MNE's orientation
+          prior), one variance each; needs a problem with the
+          free-orientation lead field (``loose-forward``). The estimate
+          is the norm over the orientations (``X``) and the vector in head
+          coordinates (``X_vec``).
     dtype : "float32" | "float64"
         Working precision of the large products.
     """
@@ -174,14 +205,48 @@ class SBLMethod(Method):
     n_layers = property(lambda self: self.spec.n_layers)
     tol = property(lambda self: self.spec.tol)
     max_iter = property(lambda self: self.spec.max_iter)
+    source_model = property(lambda self: getattr(self.spec, "source_model",
+                                                 "point"))
+    loose = property(lambda self: getattr(self.spec, "loose", 0.0))
 
     def prepare(self, problem):
         t0 = time.perf_counter()
         super().prepare(problem)
         self._dtype = DTYPES[self.dtype]
-        self._L = torch.as_tensor(problem.L, dtype=self._dtype)
+        self._basis = self._L_point = self._col_std = None
+        self._n_orient = 1
+        if self.loose:
+            if problem.L_free is None:
+                raise IncompatibleMethod(
+                    f"{self.key}: loose orientation needs the free-orientation "
+                    "lead field of a setting with tilted dipoles "
+                    "('loose-forward'); this setting has fixed-orientation "
+                    "sources only.")
+            # MNE's orientation prior: tangential columns scaled by
+            # sqrt(loose), estimates by it again
+            self._col_std = np.tile([np.sqrt(self.loose)] * 2 + [1.0],
+                                    problem.n_sources)
+            self._L = torch.as_tensor(problem.L_free * self._col_std,
+                                      dtype=self._dtype)
+            self._n_orient = 3
+        elif self.source_model == "multiscale":
+            if problem.fwd is None:
+                raise IncompatibleMethod(
+                    f"{self.key}: the multi-scale source model needs the "
+                    "source space of an MNE forward; a synthetic problem has "
+                    "none.")
+            from ..source_models import SourceModel
+
+            with mne_log_level("error"):
+                self._basis = SourceModel(problem.fwd, 0.0,
+                                          "multiscale").basis
+            self._L = torch.as_tensor(self._basis.leadfield(problem.L),
+                                      dtype=self._dtype)
+            self._L_point = torch.as_tensor(problem.L, dtype=self._dtype)
+        else:
+            self._L = torch.as_tensor(problem.L, dtype=self._dtype)
         # average-referenced simulations: the data have no power along 1
-        self._null = problem.config.null_space(problem.n_sensors)
+        self._null = problem.null_space()
         if self.tol is None:
             from ..core.weights import load_model
 
@@ -211,8 +276,6 @@ class SBLMethod(Method):
     @torch.inference_mode()
     def run(self, Y, noise_var, return_trajectory=False):
         """Run on torch inputs; return ``(X, n_iter, out)``."""
-        from ..core.solver import convex_bounding, covariance_statistic, posterior_mean
-
         Cy = covariance_statistic(Y)
         if self.tol is not None:
             res = convex_bounding(self._L, Cy, learn_noise=self.learn_noise,
@@ -223,35 +286,71 @@ class SBLMethod(Method):
             return X, res.n_iter, res
         out = self.net(self._L, Cy, noise_var,
                        return_trajectory=return_trajectory,
-                       null_space=self._null)
+                       null_space=self._null, n_orient=self._n_orient)
         n_iter = torch.full((len(Y),), self.net.n_layers)
         return out.posterior_mean(Y), n_iter, out
+
+    @torch.inference_mode()
+    def _run_multiscale(self, Y, noise_var):
+        """Atoms and point model; per sample the one of lower evidence cost.
+
+        Returns ``(X (B, N, T) numpy float64, multiscale kept (B,))``.
+        """
+        Cy = covariance_statistic(Y)
+        multi = self.net(self._L, Cy, noise_var, null_space=self._null)
+        point = self.net(self._L_point, Cy, noise_var, null_space=self._null)
+        keep = prefer_multiscale(point, multi, Y.shape[-1])
+        X_atoms = multi.posterior_mean(Y).to(torch.float64).numpy()
+        X_multi = self._basis.to_vertices(X_atoms)
+        X_point = point.posterior_mean(Y).to(torch.float64).numpy()
+        return np.where(keep[:, None, None], X_multi, X_point), keep
+
+    def _vectors(self, X_cols):
+        """Loose columns ``(B, 3N, T)`` -> head-coordinate vectors
+        ``(B, N, 3, T)`` (orientation prior undone)."""
+        X = X_cols * self._col_std[None, :, None]
+        B, _, T = X.shape
+        X = X.reshape(B, -1, 3, T)  # local frame (t1, t2, n)
+        return np.einsum("nox,bnot->bnxt", self.problem.nn, X)
 
     def solve(self, batch):
         Y, nv = self._inputs(batch)
         t0 = time.perf_counter()
+        X_vec = keep = None
         try:
-            X, n_iter, _ = self.run(Y, nv)
+            if self._basis is not None:
+                X, keep = self._run_multiscale(Y, nv)
+                n_iter = np.full(len(batch), float(self.net.n_layers))
+            else:
+                X, n_iter, _ = self.run(Y, nv)
+                X = X.to(torch.float64).numpy()
+                n_iter = np.asarray(n_iter.numpy(), float)
+            if self._n_orient == 3:
+                X_vec = self._vectors(X)
+                X = np.linalg.norm(X_vec, axis=2)
         except (FloatingPointError, RuntimeError) as err:
             if len(batch) == 1:
                 raise
             return self._solve_one_by_one(batch, err)
-        X = X.to(torch.float64).numpy()
         dt = (time.perf_counter() - t0) / len(batch)
         failed = ~np.isfinite(X).all(axis=(1, 2))
         if failed.any():
             X[failed] = 0.0
+            if X_vec is not None:
+                X_vec[failed] = 0.0
             warnings.warn(f"{self.key}: non-finite estimates for samples "
                           f"{batch.index[failed].tolist()}", RuntimeWarning,
                           stacklevel=2)
-        return Solution(X=X, seconds=np.full(len(batch), dt),
-                        n_iter=np.asarray(n_iter.numpy(), float), failed=failed)
+        return Solution(X=X, seconds=np.full(len(batch), dt), n_iter=n_iter,
+                        failed=failed, X_vec=X_vec, multiscale=keep)
 
     def _solve_one_by_one(self, batch, err):
         """The batch failed (e.g. a non-finite Sigma_y): isolate the
         failing samples; they get an all-zero estimate and ``failed``."""
         B = len(batch)
         X = np.zeros(batch.X.shape)
+        X_vec = (np.zeros(batch.X.shape[:2] + (3,) + batch.X.shape[2:])
+                 if self._n_orient == 3 else None)
         seconds = np.zeros(B)
         n_iter = np.full(B, np.nan)
         failed = np.zeros(B, bool)
@@ -265,11 +364,14 @@ class SBLMethod(Method):
                 failed[i] = True
                 continue
             X[i], seconds[i], n_iter[i] = sol.X[0], sol.seconds[0], sol.n_iter[0]
+            if X_vec is not None:
+                X_vec[i] = sol.X_vec[0]
             failed[i] = bool(sol.failed[0])
         warnings.warn(f"{self.key} failed on samples "
                       f"{batch.index[failed].tolist()} ({err})", RuntimeWarning,
                       stacklevel=3)
-        return Solution(X=X, seconds=seconds, n_iter=n_iter, failed=failed)
+        return Solution(X=X, seconds=seconds, n_iter=n_iter, failed=failed,
+                        X_vec=X_vec)
 
 
 # ----------------------------------------------------------------------------
@@ -403,14 +505,16 @@ def learned_method_keys():
 
 
 def learned_method(key, dtype="float32"):
-    """A learned network from a method key (``deep-cb-joint``) or weights file."""
+    """A learned network from a method key (``deep-cb-joint``,
+    ``deep-cb-joint-multiscale``) or weights file."""
     if str(key).endswith(".safetensors"):
         from ..core.weights import load_weights
 
         net = load_weights(key)
         return SBLMethod(registry.unfolded_method(str(key), net.learn_noise),
                          dtype=dtype)
-    model, _, mode = str(key).rpartition("-")
+    base, _, _ = registry._split_variant(str(key))
+    model, _, mode = base.rpartition("-")
     if model not in MODELS or model == "cb" or mode not in ("joint", "source"):
         raise ValueError(f"Not a learned-model key: {key!r}")
     learn_noise = mode == "joint"
@@ -427,13 +531,23 @@ def learned_method(key, dtype="float32"):
 
 
 #: Method groups accepted by :func:`resolve_methods`.
-GROUPS = ("all", "classical", "mne", "learned", "sbl", "default")
+GROUPS = ("all", "classical", "mne", "learned", "sbl", "default",
+          "multiscale", "loose")
+
+
+def variant_method_keys(suffix):
+    """Keys of the ``"-multiscale"`` or ``"-loose"`` variants available here:
+    of ``cb-joint-25``, ``cb-source-25`` and the registered learned models."""
+    base = ["cb-joint-25", "cb-source-25"] + learned_method_keys()
+    return [k + suffix for k in base]
 
 
 def all_method_keys():
-    """Every method key available in this installation."""
+    """Every method key available in this installation (the source-model
+    variants included)."""
     return (list(registry.classical_methods()) + list(registry.mne_methods())
-            + learned_method_keys())
+            + learned_method_keys() + variant_method_keys("-multiscale")
+            + variant_method_keys("-loose"))
 
 
 def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
@@ -448,8 +562,12 @@ def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
         norm), ``"default"`` (``all`` without the plain minimum norm),
         ``"classical"`` (the four convex-bounding baselines), ``"mne"``
         (MNE's solvers), ``"learned"`` (every registered learned model),
-        ``"sbl"`` (classical + learned). A path ending in ``.safetensors``
-        adds that weights file. None means ``"default"``.
+        ``"sbl"`` (classical + learned), ``"multiscale"`` /
+        ``"loose"`` (the source-model variants of ``cb-joint-25``,
+        ``cb-source-25`` and the registered learned models, e.g.
+        ``cb-joint-25-multiscale``, ``deep-cb-joint-loose``). A path
+        ending in ``.safetensors`` adds that weights file. None means
+        ``"default"``.
 
     Raises
     ------
@@ -477,6 +595,10 @@ def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
             keys += learned
         elif item == "sbl":
             keys += list(classical) + learned
+        elif item == "multiscale":
+            keys += variant_method_keys("-multiscale")
+        elif item == "loose":
+            keys += variant_method_keys("-loose")
         else:
             keys.append(item)
     out, seen = [], set()
@@ -493,8 +615,12 @@ def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
             out.append(mne_[key])
         elif str(key).endswith(".safetensors"):
             out.append(learned_method(key, dtype))
-        elif key in valid:
-            out.append(learned_method(key, dtype))  # raises if not registered
+        elif key in valid or registry._split_variant(str(key))[0] != key:
+            spec = _variant_spec(key)
+            if spec is not None:  # a classical cb variant
+                out.append(SBLMethod(spec, dtype=dtype))
+            else:
+                out.append(learned_method(key, dtype))  # raises if unknown
         else:
             raise ValueError(
                 f"Unknown benchmark method {key!r}; valid methods are "
@@ -503,3 +629,12 @@ def resolve_methods(spec=None, *, dtype="float32", mxne_alpha=MXNE_ALPHA):
         raise ValueError("No benchmark method selected (e.g. 'learned' with no "
                          "registered weights).")
     return out
+
+
+def _variant_spec(key):
+    """The registry entry of a classical ``cb`` source-model variant
+    (``cb-joint-25-multiscale``), None for other keys."""
+    base, _, _ = registry._split_variant(str(key))
+    if base == key or not base.startswith("cb-"):
+        return None
+    return registry.get_method(key)  # ValueError for an unknown variant

@@ -25,7 +25,12 @@ METRICS = {
     "emd": ("EMD (mm)", 1e3, "{:.2f}"),
     "f1": ("F1", 1.0, "{:.3f}"),
     "le": ("LE (mm)", 1e3, "{:.2f}"),
+    "ap": ("AP", 1.0, "{:.3f}"),
 }
+#: Coverage of the confidence interval of the mean in the summaries.
+CI_LEVEL = 0.95
+#: Range of the metrics bounded on both sides (their CIs are clipped to it).
+METRIC_RANGE = {"f1": (0.0, 1.0), "ap": (0.0, 1.0)}
 #: Mark of the rMSE of methods whose output is not in A·m (see
 #: ``Method.current_units``), explained under the tables.
 NOT_CURRENT_MARK = "†"
@@ -41,28 +46,107 @@ def sample_seed(seed, index):
     return derive_seed(seed, index, bits=32)
 
 
+def tilted_orientations(n_sources, max_deg, rng):
+    """Random unit orientations within a cone around the local normal.
+
+    Uniform on the spherical cap of half-angle ``max_deg`` around ``(0, 0,
+    1)`` (the normal of MNE's surface-oriented frame ``(t1, t2, n)``).
+
+    Returns
+    -------
+    ori : ndarray, shape (n_sources, 3)
+        In the local frame of every source.
+    """
+    cos_max = np.cos(np.deg2rad(float(max_deg)))
+    cos_t = 1.0 - rng.random(n_sources) * (1.0 - cos_max)
+    sin_t = np.sqrt(np.maximum(1.0 - cos_t ** 2, 0.0))
+    phi = 2.0 * np.pi * rng.random(n_sources)
+    return np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], -1)
+
+
+def _draw(problem, sim, config, seed, index):
+    """One sample ``(draw dict, orientations or None)``."""
+    if not problem.vector:
+        return sim.sample(1, seed=sample_seed(seed, index)), None
+    if problem.setting.tilt_deg is None:  # normal dipoles, scored as vectors
+        return (sim.sample(1, seed=sample_seed(seed, index)),
+                problem.nn[:, 2].copy())
+    # the same centres, time courses and noise draws as without tilt; the
+    # orientations from a stream of their own
+    rng = np.random.default_rng(derive_seed(seed, index, 1, bits=32))
+    local = tilted_orientations(problem.n_sources, problem.setting.tilt_deg,
+                                rng)
+    M, N = problem.L_sim_free.shape[0], problem.n_sources
+    L_tilt = np.einsum("mno,no->mn",
+                       problem.L_sim_free.reshape(M, N, 3), local)
+    one = EEGSimulator(L_tilt, problem.pos, config, dtype=torch.float64,
+                       seed=0)
+    return (one.sample(1, seed=sample_seed(seed, index)),
+            np.einsum("no,nox->nx", local, problem.nn))
+
+
 def simulate_batches(problem, n_samples, seed=0, batch_size=None):
     """Yield :class:`~mne_unfolded_sbl.benchmark.methods.Batch` es of simulated data.
 
     Data come from ``problem.L_sim`` (perturbed conductivities) in float64.
+    Settings with tilted dipoles (``setting.tilt_deg``) draw, per sample,
+    orientations within the cone (:func:`tilted_orientations`) and simulate
+    with the free-orientation lead field ``problem.L_sim_free`` projected on
+    them; the batch then holds the orientations (``Batch.ori``, head
+    coordinates). MEG+EEG problems average-reference the EEG rows of the
+    simulated data (noise included) and leave the MEG rows as they are.
     """
-    sim = EEGSimulator(problem.L_sim, problem.pos, problem.config,
+    config = problem.config
+    if problem.eeg_rows is not None:
+        config = config.replace(reference="none")
+    sim = EEGSimulator(problem.L_sim, problem.pos, config,
                        dtype=torch.float64, seed=0)
     bs = int(batch_size or problem.setting.batch_size)
+    eeg = problem.eeg_rows
     for start in range(0, int(n_samples), bs):
         idx = np.arange(start, min(int(n_samples), start + bs))
-        draws = [sim.sample(1, seed=sample_seed(seed, i)) for i in idx]
+        draws, oris = zip(*(_draw(problem, sim, config, seed, i) for i in idx))
+        Y = torch.cat([d["Y"] for d in draws]).numpy()
+        if eeg is not None and eeg.any():
+            Y[:, eeg] -= Y[:, eeg].mean(1, keepdims=True)
         yield Batch(
-            Y=torch.cat([d["Y"] for d in draws]).numpy(),
+            Y=Y,
             X=torch.cat([d["X"] for d in draws]).numpy(),
             noise_var=torch.cat([d["noise_var"] for d in draws]).numpy(),
             index=idx,
+            ori=None if oris[0] is None else np.stack(oris),
         )
 
 
 def _evaluate(problem, X_true, X_est, metric_kw):
     return evaluate(X_true, X_est, problem.pos, neighbors=problem.neighbors,
                     verbose=False, **metric_kw)
+
+
+def score(problem, batch, sol, metric_kw=None):
+    """The metrics of a solution on a batch (dict of arrays, per sample).
+
+    Fixed-orientation problems compare the amplitudes. Problems with dipole
+    vectors (``problem.vector``: tilted dipoles) compare, for every method,
+    the vector of every source in head coordinates: the truth
+    ``x ori``, a fixed-orientation estimate ``x n`` (along the cortical
+    normal ``n``), a loose one its three components; rMSE is the
+    normalised squared error of the vectors, the other metrics use the
+    vector norms (their temporal RMS is the dipole power).
+    """
+    metric_kw = dict(metric_kw or {})
+    if not problem.vector:
+        return _evaluate(problem, batch.X, sol.X, metric_kw)
+    V_true = batch.X[:, :, None, :] * batch.ori[:, :, :, None]
+    V_est = sol.X_vec
+    if V_est is None:
+        V_est = sol.X[:, :, None, :] * problem.normals[None, :, :, None]
+    res = _evaluate(problem, np.linalg.norm(V_true, axis=2),
+                    np.linalg.norm(V_est, axis=2), metric_kw)
+    den = np.sum(V_true ** 2, axis=(1, 2, 3))
+    num = np.sum((V_est - V_true) ** 2, axis=(1, 2, 3))
+    res["rmse"] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return res
 
 
 @dataclass
@@ -74,8 +158,8 @@ class BenchmarkResult:
     records : list of dict
         One per (method, sample): ``method``, ``label``, ``sample``,
         ``rmse``, ``emd``, ``le`` (metres), ``f1``, ``precision``,
-        ``recall``, ``empty``, ``failed``, ``seconds``, ``setup_seconds``,
-        ``n_iter``.
+        ``recall``, ``ap``, ``empty``, ``failed``, ``seconds``,
+        ``setup_seconds``, ``n_iter``.
     methods : list of Method
     info : dict
         Setting, seed, sample count, skipped methods (time budget).
@@ -86,8 +170,10 @@ class BenchmarkResult:
     info: dict = field(default_factory=dict)
 
     def summary(self):
-        """One row per method: ``n``, mean/std/median/q25/q75 of each metric,
-        mean seconds per sample, setup seconds, mean iterations."""
+        """One row per method: ``n``, mean/std/median/q25/q75 and the
+        half-width of the 95 % confidence interval of the mean (``ci95``)
+        of each metric, mean seconds per sample, setup seconds, mean
+        iterations."""
         return summarize(self.records, self.methods)
 
     # -- writers ---------------------------------------------------------
@@ -101,9 +187,19 @@ class BenchmarkResult:
             samples=write_csv(self.records, out_dir / f"{stem}_samples.csv"),
             md=out_dir / f"{stem}.md",
         )
-        paths["md"].write_text(markdown_table(rows, title=self.info.get("title")),
+        paths["md"].write_text(markdown_table(rows, title=self.info.get("title"),
+                                              ci=True),
                                encoding="utf-8")
         return paths
+
+
+def ci_halfwidth(std, n, level=CI_LEVEL):
+    """Half-width of the Student-t confidence interval of a mean."""
+    from scipy.stats import t
+
+    if n < 2 or not np.isfinite(std):
+        return np.nan
+    return float(t.ppf(0.5 + level / 2.0, n - 1) * std / np.sqrt(n))
 
 
 def _stats(values):
@@ -111,10 +207,11 @@ def _stats(values):
     v = v[np.isfinite(v)]
     if v.size == 0:
         return dict(mean=np.nan, std=np.nan, median=np.nan, q25=np.nan,
-                    q75=np.nan)
+                    q75=np.nan, ci95=np.nan)
     q25, med, q75 = np.percentile(v, [25, 50, 75])
-    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1
-                else 0.0, median=float(med), q25=float(q25), q75=float(q75))
+    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return dict(mean=float(v.mean()), std=std, median=float(med),
+                q25=float(q25), q75=float(q75), ci95=ci_halfwidth(std, v.size))
 
 
 def summarize(records, methods, by=()):
@@ -137,7 +234,7 @@ def summarize(records, methods, by=()):
         row.update(method=k[-1], label=recs[0]["label"], n=len(recs),
                    current_units=units.get(k[-1], True))
         for name, (_, scale, _) in METRICS.items():
-            st = _stats([r[name] for r in recs])
+            st = _stats([r.get(name, np.nan) for r in recs])
             suffix = "_mm" if scale != 1.0 else ""
             for s, v in st.items():
                 row[f"{name}{suffix}_{s}"] = v * scale
@@ -148,6 +245,9 @@ def summarize(records, methods, by=()):
         it = [r["n_iter"] for r in recs]
         row["n_iter_mean"] = float(np.nanmean(it)) if np.any(np.isfinite(it)) \
             else np.nan
+        kept = [r["multiscale"] for r in recs if "multiscale" in r]
+        if kept:
+            row["n_multiscale"] = int(sum(kept))
         row["n_empty"] = int(sum(bool(r["empty"]) for r in recs))
         row["n_failed"] = int(sum(bool(r["failed"]) for r in recs))
         rows.append(row)
@@ -169,6 +269,20 @@ def _fmt_metric(row, name):
     return f"{_fmt(mean, fmt)} ± {_fmt(std, fmt)}"
 
 
+def _fmt_ci(row, name):
+    _, scale, fmt = METRICS[name]
+    base = f"{name}{'_mm' if scale != 1.0 else ''}"
+    mean, half = row[f"{base}_mean"], row.get(f"{base}_ci95", np.nan)
+    if math.isfinite(mean) and abs(mean) >= 1000:
+        fmt = "{:.3g}"
+    if not (isinstance(half, float) and math.isfinite(half)) \
+            or not math.isfinite(mean):
+        return _fmt(mean, fmt)
+    lo, hi = METRIC_RANGE.get(name, (0.0, math.inf))  # all metrics are >= 0
+    return (f"{_fmt(mean, fmt)} [{_fmt(max(mean - half, lo), fmt)}, "
+            f"{_fmt(min(mean + half, hi), fmt)}]")
+
+
 def _fmt_iqr(row, name):
     _, scale, fmt = METRICS[name]
     base = f"{name}{'_mm' if scale != 1.0 else ''}"
@@ -186,28 +300,42 @@ def _current_units(row):
     return bool(v)
 
 
-def markdown_table(rows, title=None, extra_cols=()):
+def _has_metric(rows, name):
+    _, scale, _ = METRICS[name]
+    key = f"{name}{'_mm' if scale != 1.0 else ''}_mean"
+    return any(isinstance(r.get(key), float) and math.isfinite(r[key])
+               for r in rows)
+
+
+def markdown_table(rows, title=None, extra_cols=(), ci=False):
     """Markdown tables: mean ± std, then median [q25, q75], per method.
 
-    The rMSE of a method whose output is not in A·m (a noise-normalised
-    statistic: sLORETA, dSPM) is marked with :data:`NOT_CURRENT_MARK` and
-    explained in a footnote.
+    With ``ci``, a third table gives the mean and its 95 % confidence
+    interval (Student t). The rMSE of a method whose output is not in A·m
+    (a noise-normalised statistic: sLORETA, dSPM) is marked with
+    :data:`NOT_CURRENT_MARK` and explained in a footnote. A metric no row
+    has (AP of results recorded before it existed) is left out.
     """
     lines = []
     if title:
         lines += [f"### {title}", ""]
-    head = list(extra_cols) + ["Method", "n"] + [METRICS[m][0] for m in METRICS] \
+    metrics = [m for m in METRICS if m != "ap" or _has_metric(rows, m)]
+    head = list(extra_cols) + ["Method", "n"] + [METRICS[m][0] for m in metrics] \
         + ["s/sample", "setup s/sample", "iter."]
-    for kind in ("mean ± std", "median [q25, q75]"):
+    kinds = ["mean ± std", "median [q25, q75]"]
+    if ci:
+        kinds.append(f"mean [{100 * CI_LEVEL:g} % CI of the mean]")
+    for kind in kinds:
         lines.append(f"{kind}:")
         lines.append("")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join("---" for _ in head) + "|")
         for r in rows:
             cells = [str(r[c]) for c in extra_cols] + [r["label"], str(r["n"])]
-            for m in METRICS:
-                cell = (_fmt_metric(r, m) if kind.startswith("mean")
-                        else _fmt_iqr(r, m))
+            for m in metrics:
+                cell = (_fmt_metric(r, m) if kind == "mean ± std"
+                        else _fmt_iqr(r, m) if kind.startswith("median")
+                        else _fmt_ci(r, m))
                 if m == "rmse" and not _current_units(r):
                     cell += f" {NOT_CURRENT_MARK}"
                 cells.append(cell)
@@ -229,6 +357,12 @@ def markdown_table(rows, title=None, extra_cols=()):
     for r in notes:
         lines.append(f"* {r['label']}: {r['n_empty']} all-zero estimates, "
                      f"{r['n_failed']} solver failures.")
+    for r in rows:
+        kept = r.get("n_multiscale")
+        if isinstance(kept, (int, float)) and math.isfinite(kept):
+            lines.append(f"* {r['label']}: the multi-scale model was kept "
+                         f"(evidence) for {int(kept)} of {r['n']} samples, "
+                         "the point model for the others.")
     return "\n".join(lines) + "\n"
 
 
@@ -285,8 +419,12 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     Parameters
     ----------
     setting : str | Setting | Problem
-        ``"train-cap-ico3"``, ``"things-cap-ico3"``, ``"things-cap-ico4"``,
-        or a prepared :class:`~mne_unfolded_sbl.benchmark.settings.Problem`.
+        A name of :data:`~mne_unfolded_sbl.benchmark.settings.SETTINGS`
+        (``"train-cap-ico3"``, ``"extended-patches"``, ``"loose-forward"``,
+        ...) or a prepared
+        :class:`~mne_unfolded_sbl.benchmark.settings.Problem`. Problems
+        with dipole vectors (``loose-forward``) are scored on vectors, see
+        :func:`score`.
     methods : None | str | list of str | list of Method
         See :func:`~mne_unfolded_sbl.benchmark.methods.resolve_methods`.
     n_samples, seed : int
@@ -345,14 +483,15 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
             bar.set_postfix_str(m.key)
             sol = m.solve(batch)
             spent[m.key] += float(np.sum(sol.seconds))
-            res = _evaluate(problem, batch.X, sol.X, metric_kw)
+            res = score(problem, batch, sol, metric_kw)
             for j, idx in enumerate(batch.index):
                 rec = dict(extra or {})
                 rec.update(
                     method=m.key, label=m.label, sample=int(idx),
                     rmse=res["rmse"][j], emd=res["emd"][j], le=res["le"][j],
                     f1=res["f1"][j], precision=res["precision"][j],
-                    recall=res["recall"][j], empty=bool(res["empty"][j]),
+                    recall=res["recall"][j], ap=res["ap"][j],
+                    empty=bool(res["empty"][j]),
                     failed=bool(sol.failed[j]) if sol.failed is not None
                     else False,
                     seconds=float(sol.seconds[j]),
@@ -360,6 +499,8 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
                     if sol.setup_seconds is not None else np.nan,
                     n_iter=float(sol.n_iter[j]) if sol.n_iter is not None
                     else np.nan)
+                if sol.multiscale is not None:  # multi-scale model kept
+                    rec["multiscale"] = bool(sol.multiscale[j])
                 records.append(rec)
             bar.update(len(batch))
     bar.close()

@@ -1,4 +1,4 @@
-"""Benchmark settings (paper Table 3): montage, source space, data length.
+"""Benchmark settings (paper Table 3 and source-model settings).
 
 Every setting simulates data with a forward model whose tissue
 conductivities are *perturbed* (brain, skull, scalp = 0.33, 0.0045, 0.27
@@ -7,6 +7,29 @@ S/m) while every solver uses the forward with the default conductivities
 Both lead fields are average-referenced (the channel mean is subtracted
 from every gain column), as for training, and the sensor noise is
 diagonal.
+
+Besides the paper's three settings (5-20 focal sources), four settings
+probe the source models of :func:`~mne_unfolded_sbl.apply_unfolded_sbl`:
+
+- ``extended-patches``: 2-4 extended patches, Gaussian footprints of
+  standard deviation 10-20 mm (over Euclidean distance; on the ico3
+  template, whose sources stand for 0.9 cm² of white-matter surface each,
+  a patch has above half its peak a median 7 sources, 5.5 cm², at 10 mm
+  and 38 sources, 34 cm², at 20 mm), per-channel SNR 1-3 dB;
+- ``single-dipole``: one dipole (no footprint), SNR 3-5 dB;
+- ``loose-forward``: 2-4 dipoles whose orientations are tilted off the
+  cortical normal, uniformly within a cone of :data:`TILT_DEG` degrees
+  (simulated with the free-orientation template forward; every method is
+  scored on the dipole *vectors*, see
+  :func:`~mne_unfolded_sbl.benchmark.runner.run_benchmark`);
+- ``meg-eeg-ico3``: the Train Cap ico3 simulation recorded by the
+  synthetic 306-channel MEG array
+  (:func:`~mne_unfolded_sbl.datasets.make_meg_info`) and the 64 EEG
+  electrodes together. The rows of the lead fields are scaled per
+  channel type (magnetometers, gradiometers, EEG) to a common RMS
+  (:attr:`Problem.row_scale`) and only the EEG rows are average-referenced
+  (:meth:`Problem.null_space`); MNE's solvers get the data back in
+  physical units.
 """
 
 from __future__ import annotations
@@ -20,6 +43,7 @@ from ..core.leadfield import (DEFAULT_CONDUCTIVITY, PERTURBED_CONDUCTIVITY,
                               average_reference)
 from ..core.metrics import source_neighbors
 from ..core.simulator import SimulationConfig
+from ..core.solver import NullSpace
 from ..datasets import (fixed_eeg_forward, leadfield_from_forward, make_info,
                         make_template_forward)
 
@@ -32,6 +56,10 @@ SIMULATION_CONDUCTIVITY = PERTURBED_CONDUCTIVITY
 #: does): the MNE methods see data in volts; estimates in A·m are divided
 #: by it again, so every estimate is compared in the simulator's units.
 SOURCE_SCALE = 10e-9
+#: Half-angle (degrees) of the cone around the cortical normal within which
+#: the dipoles of the ``loose-forward`` setting are oriented (uniform on the
+#: spherical cap).
+TILT_DEG = 45.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,16 @@ class Setting:
         BEM surface resolution (4: ~1 min and ~2 GB the first time, cached).
     batch_size : int
         Samples per batch of the batched (SBL) solvers and of simulation.
+    config_overrides : dict
+        Fields of the :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`
+        that differ from its defaults (sources, spread, SNR).
+    meg : bool
+        Record with the template MEG array and the EEG montage together.
+    tilt_deg : float | None
+        Simulate dipoles tilted off the cortical normal, within a cone of
+        this half-angle (degrees), with the free-orientation forward; the
+        problem then holds the free-orientation lead fields and every
+        method is scored on dipole vectors. None: normal dipoles.
     """
 
     name: str
@@ -68,6 +106,8 @@ class Setting:
     inv_conductivity: tuple = INVERSE_CONDUCTIVITY
     description: str = ""
     config_overrides: dict = field(default_factory=dict)
+    meg: bool = False
+    tilt_deg: float | None = None
 
     def simulation_config(self, **overrides):
         """This setting's :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`."""
@@ -95,6 +135,36 @@ SETTINGS = {
         "things-cap-ico4", "Things Cap, Ico4", "things-eeg2", "ico4", 600,
         batch_size=10,
         description="63-channel THINGS-EEG2 cap, ico4 (5124 sources), T=600"),
+    "extended-patches": Setting(
+        "extended-patches", "Extended patches, Ico3", "train-64", "ico3", 100,
+        batch_size=50,
+        config_overrides=dict(n_sources=(2, 4), spread=(0.01, 0.02),
+                              snr_db=(1.0, 3.0)),
+        description="Train Cap, ico3, T=100; 2-4 extended patches (Gaussian "
+                    "footprints, sigma 10-20 mm: median 5.5-34 cm² above half "
+                    "the peak), per-channel SNR 1-3 dB"),
+    "single-dipole": Setting(
+        "single-dipole", "Single focal dipole, Ico3", "train-64", "ico3", 100,
+        batch_size=50,
+        config_overrides=dict(n_sources=1, spread=0.0, snr_db=(3.0, 5.0)),
+        description="Train Cap, ico3, T=100; one dipole (no footprint), "
+                    "per-channel SNR 3-5 dB"),
+    "loose-forward": Setting(
+        "loose-forward", "Tilted dipoles (loose forward), Ico3", "train-64",
+        "ico3", 100, batch_size=25,
+        config_overrides=dict(n_sources=(2, 4), spread=0.0,
+                              snr_db=(5.0, 15.0)),
+        tilt_deg=TILT_DEG,
+        description="Train Cap, ico3, T=100; 2-4 dipoles tilted off the "
+                    f"cortical normal (uniform in a {TILT_DEG:g}° cone), "
+                    "simulated with the free-orientation forward, "
+                    "per-channel SNR 5-15 dB; scored on dipole vectors"),
+    "meg-eeg-ico3": Setting(
+        "meg-eeg-ico3", "MEG+EEG, Ico3", "train-64", "ico3", 100,
+        batch_size=50, meg=True,
+        description="306-channel template MEG array + the 64-channel Train "
+                    "Cap, ico3 (1284 sources), T=100, the Train Cap "
+                    "simulation (5-20 focal sources, SNR 5-30 dB)"),
 }
 
 
@@ -124,6 +194,14 @@ class Problem:
     average-reference projector) are the MNE objects of the inverse model;
     they are None for a purely synthetic problem, which only the
     array-based (SBL) methods can run on.
+
+    Settings with tilted dipoles also hold the free-orientation lead fields
+    ``L_free`` / ``L_sim_free`` (``(M, 3 N)``, MNE's surface-oriented frame:
+    two tangential columns, then the normal one, per source) and the frames
+    ``nn`` (``(N, 3, 3)``, rows in head coordinates). MEG+EEG settings hold
+    ``row_scale`` (the factor of every channel's row, so that each channel
+    type has unit RMS gain; None: 1) and ``eeg_rows`` (the EEG rows, the only
+    average-referenced ones).
     """
 
     setting: Setting
@@ -135,6 +213,12 @@ class Problem:
     info: object = None
     config: SimulationConfig = None
     _neighbors: object = None
+    L_free: np.ndarray = None
+    L_sim_free: np.ndarray = None
+    nn: np.ndarray = None
+    row_scale: np.ndarray = None
+    eeg_rows: np.ndarray = None
+    fwd_free: object = None
 
     @property
     def n_sensors(self):
@@ -155,6 +239,36 @@ class Problem:
         """Same geometry, another simulation config (for sweeps)."""
         return replace(self, config=config)
 
+    @property
+    def vector(self):
+        """Whether sources are scored as dipole vectors (tilted dipoles)."""
+        return self.L_free is not None
+
+    @property
+    def normals(self):
+        """Cortical normal of every source (N, 3), head coordinates."""
+        if self.nn is not None:
+            return self.nn[:, 2]
+        if self.fwd is not None:
+            return np.asarray(self.fwd["source_nn"], np.float64)
+        return None
+
+    def null_space(self, device=None):
+        """The :class:`~mne_unfolded_sbl.core.solver.NullSpace` of the data.
+
+        The average reference of the EEG rows (all rows for EEG-only
+        problems, as the simulation config says; MEG+EEG problems: the EEG
+        rows, None for MEG alone).
+        """
+        if self.eeg_rows is None:
+            return self.config.null_space(self.n_sensors, device)
+        q = self.eeg_rows.astype(np.float64)
+        if not q.any():
+            return None
+        q = q / np.sqrt(q.sum())
+        return NullSpace(q[:, None]) if device is None else \
+            NullSpace(q[:, None]).to(device)
+
 
 def load_problem(setting, *, bem_ico=None, config=None, verbose="error"):
     """Build (or load from the cache) the forward models of a setting.
@@ -174,13 +288,218 @@ def load_problem(setting, *, bem_ico=None, config=None, verbose="error"):
     setting = get_setting(setting)
     if bem_ico is not None:
         setting = setting.replace(bem_ico=int(bem_ico))
+    conds = (setting.inv_conductivity, setting.sim_conductivity)
+    if setting.meg:
+        fwd, fwd_sim = (_template_forward(setting, cond, meg=True,
+                                          verbose=verbose) for cond in conds)
+        return problem_from_meg_eeg_forward(fwd, fwd_sim, setting=setting,
+                                            config=config)
     fwd, fwd_sim = (make_template_forward(setting.montage, setting.spacing, cond,
                                           bem_ico=setting.bem_ico,
                                           verbose=verbose)
-                    for cond in (setting.inv_conductivity,
-                                 setting.sim_conductivity))
-    return problem_from_forward(fwd, fwd_sim, info=make_info(setting.montage),
-                                setting=setting, config=config)
+                    for cond in conds)
+    problem = problem_from_forward(fwd, fwd_sim,
+                                   info=make_info(setting.montage),
+                                   setting=setting, config=config)
+    if setting.tilt_deg is not None:
+        free, free_sim = (free_template_forward(
+            setting.montage, setting.spacing, cond, bem_ico=setting.bem_ico,
+            verbose=verbose) for cond in conds)
+        problem = with_free_orientation(problem, free, free_sim)
+    return problem
+
+
+def _template_forward(setting, conductivity, meg=False, verbose="error"):
+    """``make_template_forward`` of a setting; a clear error while the MEG
+    template is not there."""
+    import inspect
+
+    if meg and "meg" not in inspect.signature(make_template_forward).parameters:
+        raise ValueError(
+            f"Setting {setting.name!r} needs the MEG template "
+            "(mne_unfolded_sbl.datasets.make_template_forward(..., meg=True)), "
+            "which this installation does not have.")
+    kw = dict(meg=True) if meg else {}
+    return make_template_forward(setting.montage, setting.spacing, conductivity,
+                                 bem_ico=setting.bem_ico, verbose=verbose, **kw)
+
+
+def free_template_forward(montage="train-64", spacing="ico3",
+                          conductivity=INVERSE_CONDUCTIVITY, *, bem_ico=4,
+                          meg=False, verbose="error"):
+    """The free-orientation (surface-oriented) template forward.
+
+    :func:`~mne_unfolded_sbl.datasets.make_template_forward` returns the
+    fixed-orientation forward and caches the free-orientation one it was
+    converted from; this reads that cached file (computing it first when
+    needed) and converts it with ``surf_ori=True, use_cps=True``, as MNE
+    prepares a forward for loose orientation.
+
+    Returns
+    -------
+    fwd : mne.Forward
+        Free orientation, surface-oriented (three columns per source: two
+        tangential, then the normal).
+
+    Raises
+    ------
+    RuntimeError
+        If the cache is disabled or its file cannot be found.
+    """
+    from ..datasets import _forward as tf
+
+    kw = dict(meg=meg) if meg else {}
+    make_template_forward(montage, spacing, conductivity, bem_ico=bem_ico,
+                          verbose=verbose, **kw)  # computes and caches it
+    info = (tf._template_info(montage, meg) if hasattr(tf, "_template_info")
+            else make_info(montage))
+    kind, subjects_dir = tf.resolve_source("auto")
+    key = tf._forward_key(info, spacing, tf._check_conductivity(conductivity),
+                          int(bem_ico), tf._source_key(kind, subjects_dir))
+    fname = tf.cache_dir() / "fwd" / f"{tf.SUBJECT}-{spacing}-{key}-fwd.fif"
+    if not fname.is_file():
+        raise RuntimeError(
+            f"The free-orientation template forward is not in the cache "
+            f"({fname}); it is read from the cache of make_template_forward, "
+            "which must be enabled and writable.")
+    fwd = mne.read_forward_solution(fname, verbose=verbose)
+    return mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=False,
+                                        use_cps=True, verbose=verbose)
+
+
+def _free_gain(fwd, ch_names):
+    """Average-referenced free-orientation gain (M, 3N) on ``ch_names``."""
+    fwd = mne.pick_channels_forward(fwd, ch_names, ordered=True,
+                                    verbose="error")
+    return average_reference(np.asarray(fwd["sol"]["data"], np.float64))
+
+
+def with_free_orientation(problem, fwd_free, fwd_free_sim=None):
+    """``problem`` with the free-orientation lead fields of tilted dipoles.
+
+    Parameters
+    ----------
+    problem : Problem
+        A fixed-orientation EEG problem on the same sources.
+    fwd_free, fwd_free_sim : mne.Forward
+        Free-orientation, surface-oriented forwards for the solvers and for
+        the simulation (None: ``fwd_free``, inverse crime).
+    """
+    if fwd_free_sim is None:
+        fwd_free_sim = fwd_free
+    for f in (fwd_free, fwd_free_sim):
+        if mne.forward.is_fixed_orient(f) or not f["surf_ori"]:
+            raise ValueError("fwd_free must be a free-orientation, "
+                             "surface-oriented forward.")
+        if f["nsource"] != problem.n_sources or not np.allclose(
+                f["source_rr"], problem.fwd["source_rr"]):
+            raise ValueError("The free-orientation forward has other sources "
+                             "than the problem.")
+    L_free, L_sim_free = (_free_gain(f, problem.ch_names)
+                          for f in (fwd_free, fwd_free_sim))
+    nn = np.asarray(fwd_free["source_nn"], np.float64).reshape(-1, 3, 3)
+    # the fixed solvers' column is the normal one of the free forward
+    if not np.allclose(L_free[:, 2::3], problem.L, rtol=1e-4,
+                       atol=1e-6 * np.abs(problem.L).max()):
+        raise ValueError("The normal columns of the free-orientation forward "
+                         "differ from the fixed-orientation lead field.")
+    return replace(problem, L_free=L_free, L_sim_free=L_sim_free, nn=nn,
+                   fwd_free=fwd_free)
+
+
+#: Channel types scaled separately in MEG+EEG problems.
+_ROW_TYPES = ("mag", "grad", "eeg")
+
+
+def _info_from_forward(fwd, ch_names):
+    """A complete Info of ``ch_names`` with the sensors of ``fwd["info"]``
+    (a forward's info lacks fields MNE's referencing needs)."""
+    finfo = fwd["info"]
+    types = [mne.channel_type(finfo, finfo["ch_names"].index(c))
+             for c in ch_names]
+    info = mne.create_info(list(ch_names), 100.0, types)
+    with info._unlock():
+        for k, c in enumerate(ch_names):
+            src = finfo["chs"][finfo["ch_names"].index(c)]
+            for key in ("loc", "coil_type", "kind", "unit", "coord_frame",
+                        "cal", "range", "unit_mul"):
+                if key in src:
+                    info["chs"][k][key] = src[key]
+        info["dev_head_t"] = finfo["dev_head_t"]
+    info._check_consistency()
+    return info
+
+
+def problem_from_meg_eeg_forward(fwd, fwd_sim=None, *, info=None,
+                                 setting=None, config=None, n_times=100):
+    """A :class:`Problem` from MEG+EEG (or MEG) forward solutions.
+
+    Each channel type's rows are scaled to unit RMS gain
+    (:attr:`Problem.row_scale`, the same factors for both forwards, from the
+    solvers' one), the EEG rows are average-referenced, and the simulation
+    leaves the MEG rows unreferenced (the benchmark references the EEG
+    rows of the simulated data, noise included).
+
+    Parameters
+    ----------
+    fwd, fwd_sim : mne.Forward
+        Fixed-orientation forwards with MEG (and EEG) channels; ``fwd_sim``
+        None is ``fwd`` (inverse crime).
+    info : mne.Info | None
+        Info with the channels; None: built from ``fwd["info"]``.
+    setting, config, n_times
+        As in :func:`problem_from_forward`.
+    """
+    if fwd_sim is None:
+        fwd_sim = fwd
+    with mne.utils.use_log_level("error"):
+        fwd, fwd_sim = (mne.convert_forward_solution(
+            mne.pick_types_forward(f, meg=True, eeg=True, ref_meg=False),
+            surf_ori=True, force_fixed=True, use_cps=True, copy=True)
+            for f in (fwd, fwd_sim))
+    ch_names = list(fwd["sol"]["row_names"])
+    if list(fwd_sim["sol"]["row_names"]) != ch_names or not np.allclose(
+            fwd["source_rr"], fwd_sim["source_rr"]):
+        raise ValueError("The simulation and inverse forward models have "
+                         "different channels or sources.")
+    if info is None:
+        info = _info_from_forward(fwd, ch_names)
+    missing = [c for c in ch_names if c not in info["ch_names"]]
+    if missing:
+        raise ValueError(f"info lacks channels of the forward: {missing[:5]}")
+    info = mne.pick_info(info, [info["ch_names"].index(c) for c in ch_names])
+    types = np.array(info.get_channel_types())
+    if "mag" not in types and "grad" not in types:
+        raise ValueError("The forward has no MEG channel; use "
+                         "problem_from_forward for EEG.")
+    eeg = types == "eeg"
+    L_raw, L_sim_raw = (np.asarray(f["sol"]["data"], np.float64)
+                        for f in (fwd, fwd_sim))
+    if eeg.any():
+        for L_ in (L_raw, L_sim_raw):
+            L_[eeg] -= L_[eeg].mean(0, keepdims=True)
+    row_scale = np.ones(len(ch_names))
+    for kind in _ROW_TYPES:
+        rows = types == kind
+        if rows.any():
+            row_scale[rows] = 1.0 / np.sqrt(np.mean(L_raw[rows] ** 2))
+    L, L_sim = L_raw * row_scale[:, None], L_sim_raw * row_scale[:, None]
+    pos = np.asarray(fwd["source_rr"], np.float64)
+    if setting is None:
+        setting = Setting("custom", "Custom forward", "custom", "custom",
+                          int(n_times), meg=True,
+                          description="user MEG(+EEG) forward model")
+    with info._unlock():
+        info["projs"], info["bads"], info["sfreq"] = [], [], 100.0
+    if eeg.any():
+        info = mne.EvokedArray(np.zeros((len(ch_names), 1)), info,
+                               verbose=False).set_eeg_reference(
+            projection=True, verbose=False).info
+    if config is None:
+        config = setting.simulation_config()
+    return Problem(setting=setting, L=L, L_sim=L_sim, pos=pos,
+                   ch_names=ch_names, fwd=fwd, info=info, config=config,
+                   row_scale=row_scale, eeg_rows=eeg)
 
 
 def problem_from_forward(fwd, fwd_sim=None, *, info=None, setting=None,

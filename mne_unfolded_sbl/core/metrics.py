@@ -17,6 +17,9 @@ EMD       exact optimal-transport cost (m) between the normalised source
           masses ``p / sum(p)`` of truth and estimate, Euclidean ground
           distance
 F1        support recovery, support = ``{n : p_n > threshold * max p}``
+AP        average precision of support detection: sources ranked by the
+          estimated ``p``, precision averaged over the recall steps, truth
+          = the true support as for F1 (threshold-free on the estimate)
 ========  ==============================================================
 """
 
@@ -41,6 +44,7 @@ __all__ = [
     "emd",
     "precision_recall_f1",
     "f1_support",
+    "average_precision",
     "evaluate",
 ]
 
@@ -412,6 +416,55 @@ def f1_support(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
     return precision_recall_f1(x_true, x_est, threshold)[2]
 
 
+def average_precision(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
+    """Average precision (AP) of support detection by the estimated power.
+
+    Every threshold on the estimated temporal RMS ``p_est`` gives a
+    detected support; AP summarises the whole precision-recall curve, so
+    unlike F1 it does not depend on one relative threshold of the
+    estimate (a blurred but well-ranked map scores high, a map whose
+    strongest sources are false detections scores low). Sources are
+    ranked by ``p_est`` (ties, e.g. every pruned source at 0, form one
+    step) and ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct
+    thresholds, as :func:`sklearn.metrics.average_precision_score`.
+
+    Parameters
+    ----------
+    x_true, x_est : array-like, shape (n_sources, n_times)
+        True and estimated sources.
+    threshold : float
+        Relative RMS threshold of the *true* support (the active sources),
+        as for :func:`precision_recall_f1` (default 0.1: footprint tails
+        below 10 % of a sample's peak are not counted as active).
+
+    Returns
+    -------
+    ap : float
+        In ``[0, 1]``: 1 when every active source is ranked above every
+        inactive one; about the fraction of active sources for a random
+        ranking; for an all-zero estimate, that fraction (every source
+        ties). NaN if the truth has no active source.
+    """
+    x_true, x_est = _pair(x_true, x_est)
+    threshold = _check_threshold(threshold, "threshold")
+    p_true = source_power(x_true)
+    pmax = p_true.max() if p_true.size else 0.0
+    truth = (p_true > 0) & (p_true >= threshold * pmax)
+    n_true = int(truth.sum())
+    if n_true == 0:
+        return np.nan
+    score = source_power(x_est)
+    order = np.argsort(-score, kind="stable")
+    score, hits = score[order], truth[order]
+    tp = np.cumsum(hits)
+    # the last index of every run of equal scores: one threshold each
+    last = np.r_[np.flatnonzero(np.diff(score) != 0), score.size - 1]
+    tp = tp[last]
+    precision = tp / (last + 1.0)
+    recall = tp / n_true
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 @verbose
 def evaluate(x_true, x_est, pos, *, neighbors=None, adjacency=None, radius=None,
              n_neighbors=_DEFAULT_N_NEIGHBORS, peak_threshold=_DEFAULT_PEAK_THRESHOLD,
@@ -432,7 +485,8 @@ def evaluate(x_true, x_est, pos, *, neighbors=None, adjacency=None, radius=None,
     peak_threshold : float
         Relative threshold of the local maxima in :func:`localization_error`.
     support_threshold : float
-        Relative threshold of :func:`precision_recall_f1`.
+        Relative threshold of :func:`precision_recall_f1` and of the true
+        support of :func:`average_precision`.
     emd_threshold : float
         Relative threshold of :func:`emd`.
     %(verbose)s
@@ -441,9 +495,10 @@ def evaluate(x_true, x_est, pos, *, neighbors=None, adjacency=None, radius=None,
     -------
     results : dict of ndarray, each of shape (n_samples,)
         ``"rmse"``, ``"le"`` (m), ``"emd"`` (m), ``"f1"``, ``"precision"``,
-        ``"recall"`` as defined in the single-sample functions, and
+        ``"recall"``, ``"ap"`` as defined in the single-sample functions, and
         ``"empty"`` (bool): the estimate is all zero (then ``le`` and ``emd``
-        are NaN, ``f1`` is 0 and ``rmse`` is 1). Use :func:`numpy.nanmean`
+        are NaN, ``f1`` is 0, ``rmse`` is 1 and ``ap`` the fraction of
+        active sources). Use :func:`numpy.nanmean`
         for summaries and report ``empty.sum()``.
     """
     x_true = _to_numpy(x_true, "x_true", ndim=(2, 3))
@@ -463,7 +518,7 @@ def evaluate(x_true, x_est, pos, *, neighbors=None, adjacency=None, radius=None,
         neighbors = source_neighbors(
             pos, adjacency=adjacency, radius=radius, n_neighbors=n_neighbors
         )
-    keys = ("rmse", "le", "emd", "f1", "precision", "recall")
+    keys = ("rmse", "le", "emd", "f1", "precision", "recall", "ap")
     out = {k: np.full(n_samples, np.nan) for k in keys}
     out["empty"] = np.zeros(n_samples, bool)
     for i in range(n_samples):
@@ -477,6 +532,7 @@ def evaluate(x_true, x_est, pos, *, neighbors=None, adjacency=None, radius=None,
         out["precision"][i], out["recall"][i], out["f1"][i] = precision_recall_f1(
             xt, xe, support_threshold
         )
+        out["ap"][i] = average_precision(xt, xe, support_threshold)
     n_empty = int(out["empty"].sum())
     if n_empty:
         logger.info(f"{n_empty} of {n_samples} estimates are all zero "

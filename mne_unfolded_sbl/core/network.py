@@ -109,6 +109,19 @@ class UnfoldedOutput:
         prec = precision(model_covariance(self.L_n, g), lm, self.null_space)
         return type2_cost(prec, self.Cy_n)
 
+    def effective_dof(self, layer=None):
+        """Effective number of source parameters, ``tr(L Gamma L^T W)``, (B,).
+
+        Between 0 (every source pruned) and the data rank: how many data
+        dimensions the sources explain. Unlike a count of non-zero
+        variances it does not depend on how far small variances have
+        shrunk after a fixed number of layers.
+        """
+        g, lm = self._state(layer)
+        S = model_covariance(self.L_n, g)
+        prec = precision(S, lm, self.null_space)
+        return (S.to(torch.float64) * prec.W).sum((-1, -2))
+
 
 class UnfoldedLayer(nn.Module):
     """One unfolded iteration with optional source and noise corrections."""

@@ -70,7 +70,8 @@ def plot_source_estimate(stc, subjects_dir=None, *, subject=None, time="peak",
                          hemi="both",
                          surface="auto", clim="auto", colormap="hot",
                          backend="auto", title=None, scale="auto", unit=None,
-                         figsize=None, dpi=100, return_image=False):
+                         figsize=None, dpi=100, return_image=False,
+                         value_label="|source amplitude|", time_label=None):
     """Plot a cortical source estimate headlessly on the real cortical surface.
 
     Parameters
@@ -119,6 +120,13 @@ def plot_source_estimate(stc, subjects_dir=None, *, subject=None, time="peak",
     return_image : bool
         Return an RGB ``uint8`` array of the rendered figure instead of the
         figure.
+    value_label : str
+        What the colours show, in the colour-bar label (e.g. ``"posterior
+        std"`` for :func:`~mne_unfolded_sbl.apply_unfolded_sbl`'s
+        ``return_posterior_std``).
+    time_label : str | None
+        Replaces the time in the title (e.g. ``"constant over time"``);
+        None: the time shown (or "temporal RMS").
 
     Returns
     -------
@@ -143,7 +151,10 @@ def plot_source_estimate(stc, subjects_dir=None, *, subject=None, time="peak",
     subject = subject or stc.subject or "fsaverage"
     backend = _brain.resolve_backend(backend)
 
-    values, time_label = _brain.stc_map(stc, time)
+    values, shown_time = _brain.stc_map(stc, time)
+    _validate_type(value_label, str, "value_label")
+    _validate_type(time_label, (str, None), "time_label")
+    time_label = shown_time if time_label is None else time_label
     fmin, fmax = _brain.auto_clim(values, clim)
     factor, unit_label = _units(stc.data, scale, unit)
     cmap = _brain.get_cmap(colormap)
@@ -160,7 +171,7 @@ def plot_source_estimate(stc, subjects_dir=None, *, subject=None, time="peak",
     cax = fig.add_axes([0.3, 0.55 / figsize[1], 0.4, 0.14 / figsize[1]])
     sm = ScalarMappable(norm=Normalize(fmin * factor, fmax * factor), cmap=cmap)
     cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
-    cb.set_label(f"|source amplitude| ({unit_label}); below "
+    cb.set_label(f"{value_label} ({unit_label}); below "
                  f"{fmin * factor:.3g} not shown", fontsize=8)
     cb.ax.tick_params(labelsize=8)
     full_title = f"{title} — {time_label}" if title else time_label

@@ -49,7 +49,8 @@ def test_unknown_names_raise():
         with pytest.raises(ValueError, match="no pretrained weights"):
             resolve_methods("bias-cb-joint")
     assert set(SETTINGS) == {"train-cap-ico3", "things-cap-ico3",
-                             "things-cap-ico4"}
+                             "things-cap-ico4", "extended-patches",
+                             "single-dipole", "loose-forward", "meg-eeg-ico3"}
     assert get_setting("things-cap-ico4").spacing == "ico4"
     assert get_setting("things-cap-ico3").n_times == 600
 
@@ -92,13 +93,17 @@ def test_runner_table_and_files(synth, tmp_path):
     np.testing.assert_allclose([r["f1_mean"] for r in parsed],
                                [r["f1_mean"] for r in rows])
     samples = read_csv(paths["samples"])
-    assert len(samples) == 24 and {"rmse", "emd", "le", "f1"} <= set(samples[0])
+    assert len(samples) == 24 and {"rmse", "emd", "le", "f1", "ap"} <= set(
+        samples[0])
     md = paths["md"].read_text(encoding="utf-8")
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
-    # two tables (mean ± std, median [IQR]), each header + rule + 4 rows
-    assert len(table) == 2 * (2 + 4)
+    # three tables (mean ± std, median [IQR], mean [95 % CI]), each header +
+    # rule + 4 rows
+    assert len(table) == 3 * (2 + 4)
+    assert "mean [95 % CI of the mean]:" in md
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[:6] == ["Method", "n", "rMSE", "EMD (mm)", "F1", "LE (mm)"]
+    assert header[:7] == ["Method", "n", "rMSE", "EMD (mm)", "F1", "LE (mm)",
+                          "AP"]
     assert all(len(ln.strip("|").split("|")) == len(header) for ln in table)
     assert markdown_table(rows).count("Convex bounding") == 8  # model_label
 

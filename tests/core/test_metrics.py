@@ -6,6 +6,7 @@ import torch
 from scipy import sparse
 
 from mne_unfolded_sbl.core.metrics import (
+    average_precision,
     emd,
     evaluate,
     f1_support,
@@ -202,7 +203,8 @@ def test_evaluate_matches_single_sample_functions(grid):
     res = evaluate(torch.as_tensor(xt, dtype=torch.float32),
                    torch.as_tensor(xe, dtype=torch.float32),
                    torch.as_tensor(grid), n_neighbors=6)
-    assert set(res) == {"rmse", "le", "emd", "f1", "precision", "recall", "empty"}
+    assert set(res) == {"rmse", "le", "emd", "f1", "precision", "recall",
+                        "ap", "empty"}
     for b in range(B):
         xtb = xt[b].astype(np.float32)
         xeb = xe[b].astype(np.float32)
@@ -210,6 +212,7 @@ def test_evaluate_matches_single_sample_functions(grid):
         assert res["le"][b] == pytest.approx(localization_error(xtb, xeb, grid))
         assert res["emd"][b] == pytest.approx(emd(xtb, xeb, grid), rel=1e-6)
         assert res["f1"][b] == pytest.approx(f1_support(xtb, xeb))
+        assert res["ap"][b] == pytest.approx(average_precision(xtb, xeb))
     assert (res["f1"] < 1).any() and (res["rmse"] > 0).all()
     # 2-D input is one sample
     res1 = evaluate(xt[0], xe[0], grid)
@@ -254,3 +257,77 @@ def test_localization_error_suppresses_ripples_of_dense_estimates(grid):
     assert set(P) == {p1, centre}
     with pytest.raises(ValueError, match="pos is required"):
         local_maxima(np.ones(n), source_neighbors(grid), min_distance=0.02)
+
+
+def _ap_reference(truth, score):
+    """AP by brute force: precision at every distinct threshold, weighted by
+    the recall gained there (sklearn's definition)."""
+    ap, prev_recall = 0.0, 0.0
+    for t in np.unique(score)[::-1]:
+        detected = score >= t
+        tp = np.sum(detected & truth)
+        recall = tp / truth.sum()
+        ap += (recall - prev_recall) * tp / detected.sum()
+        prev_recall = recall
+    return ap
+
+
+def test_average_precision_ranking():
+    """AP is 1 for a perfect ranking, low for a reversed one, the fraction
+    of active sources for an all-zero (all-tied) estimate, and ignores the
+    scale and the threshold of the estimate."""
+    rng = np.random.default_rng(0)
+    n, T = 60, 20
+    x = np.zeros((n, T))
+    active = rng.choice(n, 6, replace=False)
+    x[active] = rng.standard_normal((6, T)) + 3.0
+    # perfect ranking, however blurred: active sources strongest
+    blurred = np.full((n, T), 0.5) + np.abs(x)
+    assert average_precision(x, blurred) == pytest.approx(1.0)
+    assert average_precision(x, 7.0 * blurred) == pytest.approx(1.0)
+    # reversed ranking: the active sources are the weakest
+    reversed_ = np.ones((n, T))
+    reversed_[active] = 0.01
+    ap_rev = average_precision(x, reversed_)
+    assert ap_rev < 0.15
+    is_active = np.isin(np.arange(n), active)
+    assert ap_rev == pytest.approx(
+        _ap_reference(is_active, np.where(is_active, 0.01, 1.0)))
+    # all-zero estimate: one tie, precision = the active fraction
+    assert average_precision(x, np.zeros_like(x)) == pytest.approx(6 / n)
+    # no active source in the truth
+    assert np.isnan(average_precision(np.zeros_like(x), blurred))
+
+
+def test_average_precision_matches_brute_force():
+    """Random scores with ties against the brute-force definition; one
+    false source ranked first halves the precision of the first hit."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = 40
+        truth = np.zeros(n, bool)
+        truth[rng.choice(n, rng.integers(1, 10), replace=False)] = True
+        score = np.round(rng.random(n), 1) * (rng.random(n) < 0.7)  # ties
+        x_true = truth[:, None] * np.ones((1, 3))
+        x_est = score[:, None] * np.ones((1, 3))
+        assert average_precision(x_true, x_est, threshold=0.0) == \
+            pytest.approx(_ap_reference(truth, score))
+    truth = np.zeros(10, bool)
+    truth[0] = True
+    score = np.zeros(10)
+    score[[0, 1]] = [0.5, 1.0]  # a false source ranked above the true one
+    assert average_precision(truth[:, None] * 1.0, score[:, None]) == \
+        pytest.approx(0.5)
+
+
+def test_average_precision_true_support_threshold():
+    """The true support is the sources above ``threshold`` x the peak:
+    footprint tails below it are not counted as missed."""
+    x = np.zeros((5, 4))
+    x[0], x[1] = 1.0, 0.05  # source 1 is a 5 % tail
+    est = np.zeros((5, 4))
+    est[0] = 1.0  # finds the peak, not the tail
+    assert average_precision(x, est) == pytest.approx(1.0)
+    assert average_precision(x, est, threshold=0.0) < 1.0
+    with pytest.raises(ValueError, match="threshold"):
+        average_precision(x, est, threshold=1.5)
