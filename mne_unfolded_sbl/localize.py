@@ -52,6 +52,7 @@ import mne
 import numpy as np
 
 from .cli import arg_error, float_type
+from .core._utils import has_module
 
 __all__ = ["DEFAULT_COMPARE", "LocalizeError", "run_localize",
            "add_arguments", "run", "main"]
@@ -802,11 +803,7 @@ def _stc_stem(key, result):
 
 
 def _has_h5io():
-    try:
-        import h5io  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return has_module("h5io")
 
 
 def _remove_old_outputs(paths):

@@ -57,11 +57,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import mne
 import numpy as np
+from mne.inverse_sparse import gamma_map, mixed_norm
+from mne.io.constants import FIFF
+from mne.minimum_norm import apply_inverse, prepare_inverse_operator
 
 from .core._utils import check_positive_int
-from .core.network import MODEL_LABELS, MODELS, model_label
-from .core.weights import DEFAULT_N_LAYERS
+from .core.network import MODEL_LABELS, MODELS, UnfoldedSBL, model_label
+from .core.weights import DEFAULT_N_LAYERS, load_model, resolve_model
+from .inverse import apply_unfolded_sbl
+from .source_models import SOURCE_MODELS
 
 __all__ = [
     "LAMBDA2", "DEPTH", "GAMMA_MAP_SETTINGS", "MXNE_ALPHA", "N_LAYERS",
@@ -111,8 +117,6 @@ _MODES = {True: "joint", False: "source"}
 def _check_variant(source_model, loose):
     """``(source_model, loose)`` validated (the combinations MNE-side
     :func:`~mne_unfolded_sbl.apply_unfolded_sbl` accepts)."""
-    from .source_models import SOURCE_MODELS
-
     if source_model not in SOURCE_MODELS:
         raise ValueError(f"source_model must be one of {SOURCE_MODELS}, got "
                          f"{source_model!r}.")
@@ -190,8 +194,6 @@ def expand_stc(stc, fwd):
     ValueError
         If ``stc`` has a vertex that is not a source of ``fwd``.
     """
-    import mne
-
     vertices = [s["vertno"] for s in fwd["src"]]
     if all(np.array_equal(a, b) for a, b in zip(stc.vertices, vertices)):
         return stc
@@ -270,9 +272,6 @@ def make_inverse_operator(info, fwd, noise_cov):
     Fixed orientation (``loose=0``, ``fixed=True``), depth weighting
     :data:`DEPTH` for a free-orientation forward and none for a fixed one.
     """
-    import mne
-    from mne.io.constants import FIFF
-
     fixed_fwd = fwd["source_ori"] == FIFF.FIFFV_MNE_FIXED_ORI
     return mne.minimum_norm.make_inverse_operator(
         info, fwd, noise_cov, loose=0.0, fixed=True,
@@ -305,15 +304,11 @@ class MinimumNorm(ComparisonMethod):
 
     def prepare(self, inv, nave):
         """:func:`mne.minimum_norm.prepare_inverse_operator` for this method."""
-        from mne.minimum_norm import prepare_inverse_operator
-
         return prepare_inverse_operator(inv, nave, self.lambda2, self.method,
                                         verbose=False)
 
     def apply_prepared(self, evoked, prepared):
         """Apply an operator from :meth:`prepare` (sparse-free stc)."""
-        from mne.minimum_norm import apply_inverse
-
         return apply_inverse(evoked, prepared, self.lambda2, self.method,
                              prepared=True, verbose=False)
 
@@ -340,8 +335,6 @@ class GammaMap(ComparisonMethod):
                 f"{kw})")
 
     def estimate(self, evoked, fwd, noise_cov):
-        from mne.inverse_sparse import gamma_map
-
         stc = gamma_map(evoked, fwd, noise_cov, alpha=1.0 / evoked.nave,
                         verbose=False, **dict(self.settings))
         return _result(stc, fwd, self)
@@ -364,8 +357,6 @@ class MixedNorm(ComparisonMethod):
                 "time_pca=True)")
 
     def estimate(self, evoked, fwd, noise_cov):
-        from mne.inverse_sparse import mixed_norm
-
         stc = mixed_norm(evoked, fwd, noise_cov, alpha=float(self.alpha),
                          loose=0.0, verbose=False)
         return _result(stc, fwd, self)
@@ -448,9 +439,6 @@ class UnfoldedModel(ComparisonMethod):
             None unless ``posterior_std``), ``signed`` (False for loose
             orientation: the estimate is a norm).
         """
-        from .core.weights import load_model, resolve_model
-        from .inverse import apply_unfolded_sbl
-
         if self.tol is not None:
             raise ValueError(
                 f"{self.key!r} (run to convergence) is a benchmark method on "
@@ -579,9 +567,6 @@ def unfolded_method(model, learn_noise=True, *, n_layers=None, tol=None,
         return UnfoldedModel(f"{model}-{mode}{suffix}",
                              model_label(model, learn_noise) + vlabel,
                              model=model, learn_noise=learn_noise, **variant)
-    from .core.network import UnfoldedSBL
-    from .core.weights import load_model
-
     net = load_model(model, learn_noise=learn_noise)  # checks the setting
     key = (f"{net.model}-{mode}-custom" if isinstance(model, UnfoldedSBL)
            else str(model))
@@ -632,8 +617,6 @@ def method_names():
 
 
 def _is_weights_path(method):
-    from .core.network import UnfoldedSBL
-
     return (isinstance(method, (Path, UnfoldedSBL))
             or (isinstance(method, str) and (
                 method.endswith(".safetensors") or Path(method).is_file())))

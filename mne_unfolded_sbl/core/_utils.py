@@ -143,7 +143,7 @@ OPTIONAL_DEPENDENCIES = {
     "pyvista": ("pyvista", "3D brain pictures (pip install pyvista vtk)"),
     "nilearn": ("nilearn", "glass-brain pictures (pip install nilearn)"),
     "threadpoolctl": ("threadpoolctl", "BLAS thread limits"),
-    "tomli": ("tomli", "reading TOML configs on Python < 3.11"),
+    "h5io": ("h5io", "saving source estimates as .h5"),
 }
 
 
