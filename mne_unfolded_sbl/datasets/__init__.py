@@ -7,7 +7,7 @@ from ._forward import (SPACINGS, electrode_scalp_distances,
                        make_template_forward, resolve_bem_ico)
 from ._leadfield import (fixed_eeg_forward, leadfield_from_forward,
                          save_leadfield_npz)
-from ._meg import TEMPLATE_DEV_HEAD_T, make_meg_info, meg_sensor_positions
+from ._meg import TEMPLATE_DEV_HEAD_T, make_meg_info, meg_sensor_positions  # noqa: F401
 from ._montage import (
     THINGS_EEG2_CH_NAMES,
     TRAIN_CH_NAMES,
@@ -19,7 +19,6 @@ from ._subject import CACHE_ENV, cache_dir, get_subjects_dir
 
 __all__ = [
     "SPACINGS",
-    "TEMPLATE_DEV_HEAD_T",
     "THINGS_EEG2_CH_NAMES",
     "TRAIN_CH_NAMES",
     "TRAIN_MONTAGE",
