@@ -465,37 +465,30 @@ def resolve_things_eeg2(subject=1, session=1, partition="test", *,
     tried = []
     errors = []
     offline = False
-    if source in ("auto", "osf"):
-        url = f"{OSF_API}/nodes/{OSF_RAW_NODE}/files/"
+    providers = (
+        ("osf", f"OSF node {OSF_RAW_NODE}", "OSF API",
+         f"{OSF_API}/nodes/{OSF_RAW_NODE}/files/",
+         lambda: list_osf_files(OSF_RAW_NODE,
+                                descend=_folder_filter(subject, session))),
+        ("figshare", f"figshare article {FIGSHARE_RAW_ARTICLE}",
+         "figshare API", f"{FIGSHARE_API}/articles/{FIGSHARE_RAW_ARTICLE}",
+         lambda: list_figshare_files(FIGSHARE_RAW_ARTICLE)),
+    )
+    for name, what, api, url, listing in providers:
+        if source not in ("auto", name):
+            continue
         try:
-            files = list_osf_files(OSF_RAW_NODE,
-                                   descend=_folder_filter(subject, session))
+            files = listing()
         except Exception as err:
             if not _is_network_error(err) and not isinstance(err, RuntimeError):
                 raise
             offline = offline or _is_network_error(err)
-            errors.append(f"OSF API {url}: {type(err).__name__}: {err}")
-        else:
-            remote = _pick(files, rel, archive_name)
-            if remote is not None:
-                return remote
-            tried.append(f"OSF node {OSF_RAW_NODE} ({url}) lists "
-                         f"{_describe(files)}")
-    if source in ("auto", "figshare"):
-        url = f"{FIGSHARE_API}/articles/{FIGSHARE_RAW_ARTICLE}"
-        try:
-            files = list_figshare_files(FIGSHARE_RAW_ARTICLE)
-        except Exception as err:
-            if not _is_network_error(err) and not isinstance(err, RuntimeError):
-                raise
-            offline = offline or _is_network_error(err)
-            errors.append(f"figshare API {url}: {type(err).__name__}: {err}")
-        else:
-            remote = _pick(files, rel, archive_name)
-            if remote is not None:
-                return remote
-            tried.append(f"figshare article {FIGSHARE_RAW_ARTICLE} ({url}) "
-                         f"lists {_describe(files)}")
+            errors.append(f"{api} {url}: {type(err).__name__}: {err}")
+            continue
+        remote = _pick(files, rel, archive_name)
+        if remote is not None:
+            return remote
+        tried.append(f"{what} ({url}) lists {_describe(files)}")
     msg = (f"Cannot locate THINGS-EEG2 file {rel} (or its archive "
            f"{archive_name}) online.")
     if tried:

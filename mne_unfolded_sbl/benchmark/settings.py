@@ -489,17 +489,24 @@ def problem_from_meg_eeg_forward(fwd, fwd_sim=None, *, info=None,
         setting = Setting("custom", "Custom forward", "custom", "custom",
                           int(n_times), meg=True,
                           description="user MEG(+EEG) forward model")
-    with info._unlock():
-        info["projs"], info["bads"], info["sfreq"] = [], [], 100.0
-    if eeg.any():
-        info = mne.EvokedArray(np.zeros((len(ch_names), 1)), info,
-                               verbose=False).set_eeg_reference(
-            projection=True, verbose=False).info
+    info = _solver_info(info, with_reference=bool(eeg.any()))
     if config is None:
         config = setting.simulation_config()
     return Problem(setting=setting, L=L, L_sim=L_sim, pos=pos,
                    ch_names=ch_names, fwd=fwd, info=info, config=config,
                    row_scale=row_scale, eeg_rows=eeg)
+
+
+def _solver_info(info, with_reference):
+    """``info`` at 100 Hz without bads or projectors, plus (for EEG) an
+    inactive average-reference projector, as on real evoked data."""
+    with info._unlock():
+        info["projs"], info["bads"], info["sfreq"] = [], [], 100.0
+    if with_reference:
+        info = mne.EvokedArray(np.zeros((len(info["ch_names"]), 1)), info,
+                               verbose=False).set_eeg_reference(
+            projection=True, verbose=False).info
+    return info
 
 
 def problem_from_forward(fwd, fwd_sim=None, *, info=None, setting=None,
@@ -537,12 +544,7 @@ def problem_from_forward(fwd, fwd_sim=None, *, info=None, setting=None,
     if missing:
         raise ValueError(f"info lacks channels of the forward: {missing[:5]}")
     info = mne.pick_info(info, [info["ch_names"].index(c) for c in ch_names])
-    with info._unlock():
-        info["projs"], info["bads"], info["sfreq"] = [], [], 100.0
-    # an (inactive) average-reference projector, as on real evoked data
-    info = mne.EvokedArray(np.zeros((len(ch_names), 1)), info,
-                           verbose=False).set_eeg_reference(
-        projection=True, verbose=False).info
+    info = _solver_info(info, with_reference=True)
     if config is None:
         config = setting.simulation_config()
     return Problem(setting=setting, L=L, L_sim=L_sim, pos=pos,
