@@ -1,7 +1,8 @@
 """``mne-unfolded-sbl demo``: simulate, localise, compare, write a report.
 
-Simulates an EEG evoked response from a few focal cortical sources on the
-fsaverage template (offline: the package's embedded template head model),
+Simulates an EEG (or MEG, or MEG+EEG: ``--sensors``) evoked response from a
+few focal cortical sources on the fsaverage template (offline: the
+package's embedded template head model),
 localises it with the pretrained Deep CB network (or the classical
 convex-bounding solver, with a clear note, when no pretrained weights are
 available), with classical convex bounding and with sLORETA, prints the
@@ -21,6 +22,16 @@ once, about 1-4 minutes and 2 GB, then cached).
 ``--out`` is the report file (``.html``) or a folder to write
 ``report.html`` into; an existing report is only replaced with
 ``--overwrite``.
+
+Sensors: ``--sensors eeg`` (default) simulates the 64-channel EEG cap
+with an SNR drawn for every channel; ``--sensors meg`` the synthetic
+306-channel MEG array of :func:`~mne_unfolded_sbl.datasets.make_meg_info`
+(magnetometers and planar gradiometers) and ``--sensors meg-eeg`` both,
+with white noise of one variance per channel type at an SNR drawn for
+every type (:func:`~mne_unfolded_sbl.simulation.simulate_evoked` with
+``noise="per-type"``); the EEG channels are average-referenced, the MEG
+ones not. The pretrained networks were trained on EEG only: with MEG,
+``--model cb`` is the better choice.
 
 Source model: ``--source-model multiscale`` localises with extended
 cortical patches as well as point sources (kept where the evidence favours
@@ -49,7 +60,7 @@ from .core.leadfield import PERTURBED_CONDUCTIVITY
 from .core.simulator import SimulationConfig
 from .datasets import get_subjects_dir, make_template_forward, resolve_bem_ico
 from .report import add_unfolded_sbl_to_report, format_metrics_table
-from .simulation import simulate_evoked
+from .simulation import SENSORS, simulate_evoked
 
 __all__ = ["run_demo", "add_arguments", "run", "main"]
 
@@ -81,13 +92,18 @@ def add_arguments(parser):
                         help="number of focal sources (default: %(default)s)")
     parser.add_argument("--snr-db", type=float_type(), nargs=2, default=(5.0, 20.0),
                         metavar=("LOW", "HIGH"),
-                        help="per-channel SNR range in dB, drawn for every "
-                        "channel (default: 5 20)")
+                        help="SNR range in dB, drawn for every channel (EEG) "
+                        "or, with MEG, for every channel type (default: 5 20)")
     parser.add_argument("--n-times", type=int_type(2), default=100,
                         help="time samples, at least 2 (default: %(default)s)")
     parser.add_argument("--sfreq", type=float_type(0, min_inclusive=False),
                         default=100.0,
                         help="sampling frequency in Hz (default: %(default)s)")
+    parser.add_argument("--sensors", default="eeg", choices=SENSORS,
+                        help="simulated channels: the EEG cap, the template "
+                        "306-channel MEG array, or both; with MEG the noise "
+                        "is white with one variance per channel type "
+                        "(default: %(default)s)")
     parser.add_argument("--montage", default="train-64",
                         help="EEG montage of the template forward "
                         "(default: %(default)s)")
@@ -181,12 +197,54 @@ def _bem_ico(choice):
                "once, which auto then uses")
 
 
+#: What the template forward holds, per ``--sensors``.
+_SENSOR_TEXT = {
+    "eeg": "montage {montage}",
+    "meg": "306-channel template MEG array",
+    "meg-eeg": "306-channel template MEG array + montage {montage}",
+}
+
+
+def _pick_sensors(fwd, sensors):
+    """The channels of ``sensors`` of a template forward."""
+    if sensors == "meg":
+        with mne.utils.use_log_level("error"):
+            return mne.pick_types_forward(fwd, meg=True, eeg=False)
+    return fwd
+
+
+def _snr_range(snr_db):
+    low, high = snr_db
+    return f"{low:g} dB" if low == high else f"{low:g}-{high:g} dB"
+
+
+def _snr_text(sensors, snr_db, snr_true):
+    """The simulated SNR, for the terminal."""
+    if sensors == "eeg":
+        return f"per-channel SNR {_snr_range(snr_db)}"
+    return (f"SNR per channel type in {_snr_range(snr_db)} ("
+            + ", ".join(f"{k} {v:.1f} dB" for k, v in snr_true.items()) + ")")
+
+
+def _snr_html(sensors, snr_db, snr_true):
+    """The simulated SNR, for the report."""
+    if sensors == "eeg":
+        return (f"per-channel SNR uniform in {_snr_range(snr_db)} "
+                "(heteroscedastic noise)")
+    return ("white noise of one variance per channel type, at an SNR "
+            f"(mean signal power over the type's channels / noise variance) "
+            f"drawn uniformly in {_snr_range(snr_db)} for every type: "
+            + ", ".join(f"{k} {v:.1f} dB" for k, v in snr_true.items())
+            + ("; EEG average-referenced, MEG not" if "eeg" in snr_true
+               else ""))
+
+
 def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
              snr_db=(5.0, 20.0), n_times=100, mismatch=True, sfreq=100.0, montage="train-64",
              spacing="ico3", bem_ico="auto", noise_cov="ad-hoc",
              compare=("cb", "sloreta"), backend="auto", open_browser=False,
              overwrite=False, source_model="point", loose=0.0,
-             posterior_std=True, printer=print):
+             posterior_std=True, sensors="eeg", printer=print):
     """Run the demo and return a dict with the results (see module docs).
 
     ``out`` is the report file (``.html``) or a folder to write
@@ -195,7 +253,11 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
     ``source_model`` and ``loose`` are those of the unfolded estimates
     (and of ``"cb"`` in ``compare``); ``loose > 0`` inverts with the
     free-orientation template forward. ``posterior_std`` adds the
-    posterior standard deviation to the report.
+    posterior standard deviation to the report. ``sensors`` is ``"eeg"``,
+    ``"meg"`` or ``"meg-eeg"`` (the template MEG array of
+    :func:`~mne_unfolded_sbl.datasets.make_meg_info` with the ``montage``
+    EEG cap; with MEG, ``snr_db`` is the range of one SNR per channel type,
+    see :func:`~mne_unfolded_sbl.simulation.simulate_evoked`).
 
     Returns
     -------
@@ -203,26 +265,34 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
         ``report`` (path), the :func:`~mne_unfolded_sbl.report.add_unfolded_sbl_to_report`
         output under ``"report_results"``, ``metrics`` (rows), ``note``
         (fallback message or None), ``timings`` (s), ``evoked``,
-        ``stc_true``, ``fwd``.
+        ``stc_true``, ``fwd`` (of the inversion, the channels of
+        ``sensors``), ``snr_db`` (channel type -> SNR in dB of the
+        simulated data).
     """
     from .methods import _check_variant
 
     source_model, loose = _check_variant(source_model, loose)
+    if sensors not in SENSORS:
+        raise ValueError(f"sensors must be one of {list(SENSORS)}, got "
+                         f"{sensors!r}")
+    meg = sensors != "eeg"
     out = _out_path(out, overwrite)
     matplotlib.use("Agg", force=False)
     t_start = time.perf_counter()
     timings = {}
     bem, bem_note = _bem_ico(str(bem_ico))
-    printer(f"[1/4] Template forward: fsaverage {spacing}, montage {montage}, "
-            f"ico{bem} BEM" + (f" ({bem_note})" if bem_note else ""))
+    printer(f"[1/4] Template forward: fsaverage {spacing}, "
+            + _SENSOR_TEXT[sensors].format(montage=montage)
+            + f", ico{bem} BEM" + (f" ({bem_note})" if bem_note else ""))
     t0 = time.perf_counter()
-    fwd = make_template_forward(montage, spacing, bem_ico=bem, verbose=False)
+    fwd = _pick_sensors(make_template_forward(montage, spacing, bem_ico=bem,
+                                              meg=meg, verbose=False), sensors)
     fwd_inv = fwd
     if loose:  # three orientations per source: the free-orientation forward
         from .benchmark.settings import free_template_forward
 
-        fwd_inv = free_template_forward(montage, spacing, bem_ico=bem,
-                                        verbose=False)
+        fwd_inv = _pick_sensors(free_template_forward(
+            montage, spacing, bem_ico=bem, meg=meg, verbose=False), sensors)
     subjects_dir = get_subjects_dir(verbose=False)
     timings["forward"] = time.perf_counter() - t0
     printer(f"      {fwd['nchan']} channels x {fwd['nsource']} sources "
@@ -233,19 +303,20 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
     fwd_sim = fwd
     if mismatch:
         fwd_sim = make_template_forward(montage, spacing, SIM_CONDUCTIVITY,
-                                        bem_ico=3, verbose=False)
+                                        bem_ico=3, meg=meg, verbose=False)
     config = SimulationConfig(n_sources=(n_sources, n_sources),
                               snr_db=tuple(snr_db), n_times=n_times,
                               sfreq=sfreq)
-    evoked, stc_true, cov_true = simulate_evoked(fwd_sim, config, seed=seed,
-                                                 verbose=False)
+    evoked, stc_true, cov_true, snr_true = simulate_evoked(
+        fwd_sim, config, seed=seed, sensors=sensors, return_snr=True,
+        verbose=False)
     if noise_cov == "true":
         cov = cov_true
     else:
         cov = mne.make_ad_hoc_cov(evoked.info, verbose=False)
     timings["simulation"] = time.perf_counter() - t0
-    printer(f"[2/4] Simulated {n_sources} focal sources, per-channel SNR "
-            f"{snr_db[0]:g}-{snr_db[1]:g} dB, {n_times} samples at "
+    printer(f"[2/4] Simulated {n_sources} focal sources, "
+            f"{_snr_text(sensors, snr_db, snr_true)}, {n_times} samples at "
             f"{sfreq:g} Hz (seed {seed}), "
             + ("with perturbed conductivities " if mismatch else
                "with the inversion's own forward (inverse crime) ")
@@ -272,13 +343,18 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
     if res["note"]:
         printer("\n  NOTE: " + res["note"] + "\n")
     printer(format_metrics_table(res["metrics"]))
+    if meg and res["model"] != "cb":
+        printer(f"      ({res['model']} is a network trained on EEG; with MEG "
+                "the classical solver, --model cb, localises better: see "
+                "the MEG+EEG benchmark in doc/benchmarks.rst)")
     printer(f"      brains rendered with: {res['backend']}")
 
     settings = (f"<p>Seed {seed}; {n_sources} focal sources (Gaussian "
-                f"footprints, 1-3 mm), per-channel SNR uniform in "
-                f"{snr_db[0]:g}-{snr_db[1]:g} dB (heteroscedastic noise), "
+                f"footprints, 1-3 mm), {_snr_html(sensors, snr_db, snr_true)}, "
                 f"{n_times} samples at {sfreq:g} Hz; fsaverage {spacing} "
-                f"source space, {montage} montage, 3-layer ico{bem} BEM "
+                f"source space, "
+                + _SENSOR_TEXT[sensors].format(montage=montage)
+                + f" ({len(evoked.ch_names)} channels), 3-layer ico{bem} BEM "
                 "for the inversion; the data were simulated "
                 + (f"with conductivities {SIM_CONDUCTIVITY} S/m and an ico3 "
                    "BEM (forward-model mismatch). " if mismatch else
@@ -288,6 +364,7 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
                 f"{source_model}, loose = {loose:g}.</p><p>Reproduce with "
                 f"<code>mne-unfolded-sbl demo --seed {seed} --n-sources "
                 f"{n_sources} --snr-db {snr_db[0]:g} {snr_db[1]:g}"
+                + (f" --sensors {sensors}" if meg else "")
                 + (f" --source-model {source_model}"
                    if source_model != "point" else "")
                 + (f" --loose {loose:g}" if loose else "")
@@ -301,7 +378,7 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
     printer(f"[4/4] Report written to {out} (total {timings['total']:.1f} s)")
     return dict(report=out, report_results=res, metrics=res["metrics"],
                 note=res["note"], timings=timings, evoked=evoked,
-                stc_true=stc_true, fwd=fwd)
+                stc_true=stc_true, fwd=fwd, snr_db=snr_true)
 
 
 def run(args):
@@ -327,7 +404,7 @@ def run(args):
              noise_cov=args.noise_cov, compare=tuple(args.compare),
              backend=args.backend, open_browser=args.open,
              overwrite=args.overwrite, source_model=args.source_model,
-             loose=args.loose)
+             loose=args.loose, sensors=args.sensors)
     return 0
 
 

@@ -488,26 +488,42 @@ def _cov_std(cov, names):
     return np.sqrt(var[[cov["names"].index(c) for c in names]])
 
 
+#: Display scale and unit of a noise std per channel type (the figures
+#: show ``std * 1e6``, so values are pre-scaled by ``scale / 1e6``).
+_NOISE_UNITS = dict(eeg=(1e6, "µV"), mag=(1e15, "fT"), grad=(1e13, "fT/cm"))
+
+
 def _add_learned_noise(report, evoked, cov, true_noise_cov, kw):
-    """Topomap of the learned noise (vs the truth) and the noisiest channels."""
+    """Topomap of the learned noise (vs the truth) and the noisiest channels;
+    one pair per channel type when there are several (MEG+EEG)."""
     import matplotlib.pyplot as plt
 
     from .viz import plot_noise_topomap, plot_noisiest_channels
 
-    names = cov["names"]
-    std = _cov_std(cov, names)
-    info = mne.pick_info(evoked.info, [evoked.ch_names.index(c) for c in names])
-    std_true = (None if true_noise_cov is None
-                else _cov_std(true_noise_cov, names))
-    fig = plot_noise_topomap(info, std, std_true=std_true)
-    report.add_figure(fig, title="Learned noise (topomap)",
-                      caption="Sensor noise standard deviation learned "
-                      "jointly with the sources (diagonal λ mapped back "
-                      "through the whitener).", **kw)
-    plt.close(fig)
-    fig = plot_noisiest_channels(names, std)
-    report.add_figure(fig, title="Learned noise (noisiest channels)", **kw)
-    plt.close(fig)
+    types = {c: mne.channel_type(evoked.info, evoked.ch_names.index(c))
+             for c in cov["names"]}
+    kinds = list(dict.fromkeys(types.values()))
+    for kind in kinds:
+        names = [c for c in cov["names"] if types[c] == kind]
+        scale, unit = _NOISE_UNITS.get(kind, (1e6, "µV"))
+        scale /= 1e6
+        suffix = "" if len(kinds) == 1 else f", {kind}"
+        std = _cov_std(cov, names) * scale
+        info = mne.pick_info(evoked.info,
+                             [evoked.ch_names.index(c) for c in names])
+        std_true = (None if true_noise_cov is None
+                    else _cov_std(true_noise_cov, names) * scale)
+        with np.errstate(invalid="ignore"):  # r of a constant true std
+            fig = plot_noise_topomap(info, std, std_true=std_true, unit=unit)
+        report.add_figure(fig, title=f"Learned noise (topomap{suffix})",
+                          caption="Sensor noise standard deviation learned "
+                          "jointly with the sources (diagonal λ mapped back "
+                          "through the whitener).", **kw)
+        plt.close(fig)
+        fig = plot_noisiest_channels(names, std, unit=unit)
+        report.add_figure(fig, title=f"Learned noise (noisiest channels"
+                          f"{suffix})", **kw)
+        plt.close(fig)
 
 
 def _add_convergence(report, evoked, fwd, noise_cov, model, estimates,

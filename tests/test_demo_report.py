@@ -84,6 +84,69 @@ def test_demo_end_to_end(tmp_path, train_fwd, cache_env, monkeypatch, capsys):
     assert html.count("mus-peaks") >= 3  # truth + 2 estimates
 
 
+def test_demo_meg_eeg_end_to_end(tmp_path, cache_env, monkeypatch, capsys):
+    """``demo --sensors meg-eeg``: MEG+EEG template forward, noise per channel
+    type at an SNR in the stated range, a report with the learned noise of
+    every channel type, and the simulated sources found within 10 mm."""
+    from mne_unfolded_sbl import demo
+
+    results = {}
+    run_demo = demo.run_demo
+
+    def spy(*args, **kwargs):  # the CLI's results, for the checks below
+        results.update(run_demo(*args, **kwargs))
+        return results
+
+    monkeypatch.setattr(demo, "run_demo", spy)
+    out = tmp_path / "demo_meg"
+    ret = demo.main(["--out", str(out), "--sensors", "meg-eeg", "--model",
+                     "cb", "--compare", "sloreta", "--n-sources", "2",
+                     "--n-times", "40", "--bem-ico", "3", "--no-mismatch",
+                     "--backend", "matplotlib", "--seed", "3"])
+    assert ret == 0
+    printed = capsys.readouterr().out
+    assert "306-channel template MEG array + montage train-64" in printed
+    assert "370 channels x 1284 sources" in printed
+    assert "SNR per channel type in 5-20 dB (mag" in printed
+    assert "trained on EEG" not in printed  # cb asked for: no model note
+    evoked, fwd = results["evoked"], results["fwd"]
+    assert set(evoked.get_channel_types()) == {"mag", "grad", "eeg"}
+    assert fwd["nchan"] == len(evoked.ch_names) == 370
+    assert set(results["snr_db"]) == {"mag", "grad", "eeg"}
+    assert all(5.0 <= v <= 20.0 for v in results["snr_db"].values())
+    # the simulated sources are found: every true peak within 10 mm of one
+    # of the unfolded estimate's five strongest peaks
+    stc = results["report_results"]["estimates"]["unfolded"]["stc"]
+    true_peaks = peak_sources(results["stc_true"], fwd, n=2)
+    est = np.array([p["pos_mm"] for p in peak_sources(stc, fwd, n=5)])
+    assert len(true_peaks) == 2
+    for peak in true_peaks:
+        dist = np.linalg.norm(est - peak["pos_mm"], axis=1).min()
+        assert dist < 10.0, (peak, est)
+    (row,) = [r for r in results["metrics"] if r["label"].startswith("Convex")]
+    assert row["le_mm"] < 10.0 and row["f1"] > 0.5, row
+    # the report: learned noise per channel type, the settings say MEG+EEG
+    html = (out / "report.html").read_text("utf-8")
+    titles = [t for t, _ in IMG_RE.findall(html)]
+    for kind in ("mag", "grad", "eeg"):
+        assert f"Learned noise (topomap, {kind})" in titles, titles
+        assert f"Learned noise (noisiest channels, {kind})" in titles
+    assert "Brain: Ground truth (simulated)" in titles
+    assert "one variance per channel type" in html
+    assert "--sensors meg-eeg" in html
+
+
+def test_demo_sensors_errors(tmp_path, capsys):
+    from mne_unfolded_sbl import demo
+
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "x"), "--sensors", "eog"])
+    assert "invalid choice: 'eog'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sensors must be one of"):
+        demo.run_demo(tmp_path / "y", sensors="MEG")
+    assert not (tmp_path / "y").exists()  # nothing done
+
+
 def test_out_path(tmp_path):
     from mne_unfolded_sbl.demo import _out_path
 
@@ -103,6 +166,7 @@ def test_cli_dispatches_demo():
     args = parser.parse_args(["--out", "somewhere"])
     assert args.model == "deep-cb" and args.out == "somewhere"
     assert args.bem_ico == "auto" and args.mismatch
+    assert args.sensors == "eeg"
 
 
 def test_resolve_model_fallback(monkeypatch):
