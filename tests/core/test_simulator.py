@@ -125,16 +125,30 @@ def test_shapes_dtypes_ranges(geometry, dtype, device):
     shapes = dict(
         Y=(B, M, T), X=(B, N, T), noise_var=(B, M), snr_db=(B, M), n_active=(B,),
         active=(B, K), centers=(B, K), bands=(B, K), spread=(B, K),
-        amplitude=(B, K), waveforms=(B, K, T),
+        amplitude=(B, K), waveforms=(B, K, T), noise_var_given=(B, M),
+        footprint_kind=(B, K), diffusion_order=(B, K), waveform_kind=(B, K),
+        noise_heterogeneity=(B,), noise_color=(B,), noise_cov_scale=(B,),
+        adhoc_cov=(B,),
     )
     assert set(out) == set(shapes)
     for key, shape in shapes.items():
         assert out[key].shape == shape, key
         assert out[key].device.type == device, key
-    for key in ("Y", "X", "noise_var", "snr_db", "spread", "amplitude", "waveforms"):
+    for key in ("Y", "X", "noise_var", "snr_db", "spread", "amplitude", "waveforms",
+                "noise_var_given", "noise_heterogeneity", "noise_color",
+                "noise_cov_scale"):
         assert out[key].dtype == dtype, key
-    for key in ("n_active", "centers", "bands"):
+    for key in ("n_active", "centers", "bands", "footprint_kind",
+                "diffusion_order", "waveform_kind"):
         assert out[key].dtype == torch.int64, key
+    assert out["adhoc_cov"].dtype == torch.bool
+    # defaults: the options are off
+    assert torch.equal(out["noise_var_given"], out["noise_var"])
+    assert (out["footprint_kind"] == torch.where(out["active"], 0, -1)).all()
+    assert (out["waveform_kind"] == torch.where(out["active"], 0, -1)).all()
+    assert (out["diffusion_order"] == -1).all()
+    assert not out["adhoc_cov"].any()
+    assert (out["noise_cov_scale"] == 1).all() and (out["noise_color"] == 0).all()
     assert torch.isfinite(out["Y"]).all() and torch.isfinite(out["X"]).all()
     n_active = _np(out["n_active"])
     assert n_active.min() >= 2 and n_active.max() <= 6
