@@ -12,15 +12,28 @@ Usage::
     python benchmarks/bench_latency.py --repeats 15 --out latency.md
 
 Prints a Markdown table (median and 10-90 % range of ``--repeats`` calls
-after a warm-up call each). GPU batched epochs: ``--epochs-device cuda``
-times ``apply_unfolded_sbl_epochs`` on a GPU when one is present.
+after a warm-up call each; the methods take turns call by call, so load
+from other processes hits them alike) and the load average. GPU batched
+epochs: ``--epochs-device cuda`` times ``apply_unfolded_sbl_epochs`` on a
+GPU when one is present.
+
+Before/after in one run: ``--baseline-rev REV`` also times the solver core
+and the API module (``core/solver.py``, ``inverse.py``) as they are at the
+git revision ``REV`` (the rest of the package as checked out), with the
+same network weights, interleaved with the current code::
+
+    python benchmarks/bench_latency.py --repeats 21 --baseline-rev HEAD
 """
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import mne
@@ -34,14 +47,67 @@ from mne_unfolded_sbl.datasets import make_template_forward
 from mne_unfolded_sbl.simulation import simulate_evoked
 
 
-def _time(fn, repeats):
-    fn()  # warm-up
-    out = []
+def _time_interleaved(fns, repeats, pause=0.0, clock=time.perf_counter):
+    """Times (s) of each of ``fns`` (name -> callable), taking turns, with
+    ``pause`` seconds before each call."""
+    for fn in fns.values():
+        fn()  # warm-up
+    out = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+        for k, fn in fns.items():
+            time.sleep(pause)
+            t0 = clock()
+            fn()
+            out[k].append(clock() - t0)
     return out
+
+
+_SOLVER_NAMES = ("CBState", "cb_iteration", "model_covariance",
+                 "posterior_kernel", "posterior_mean", "posterior_variance",
+                 "precision", "prepare", "type2_cost")
+
+
+def load_baseline(rev):
+    """``apply_unfolded_sbl`` of ``inverse.py`` and ``core/solver.py`` at git
+    revision ``rev``, as a context manager factory and the function."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="baseline_")
+    mods = {}
+    for name, path in (("solver", "mne_unfolded_sbl/core/solver.py"),
+                       ("inverse", "mne_unfolded_sbl/inverse.py")):
+        text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root,
+                              check=True, capture_output=True,
+                              text=True).stdout
+        if name == "inverse":  # its relative imports resolve in the package
+            text = text.replace("from .core.solver import",
+                                "from ._baseline_solver import")
+        fname = os.path.join(tmp, f"{name}.py")
+        with open(fname, "w") as f:
+            f.write(text)
+        full = f"mne_unfolded_sbl._baseline_{name}"
+        spec = importlib.util.spec_from_file_location(full, fname)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[full] = mod
+        spec.loader.exec_module(mod)
+        mods[name] = mod
+    from mne_unfolded_sbl import inverse
+    from mne_unfolded_sbl.core import network
+
+    # operators made by the current code count as operators there too
+    mods["inverse"].UnfoldedSBLOperator = inverse.UnfoldedSBLOperator
+
+    @contextlib.contextmanager
+    def use():
+        saved = {k: getattr(network, k) for k in _SOLVER_NAMES}
+        for k in _SOLVER_NAMES:
+            setattr(network, k, getattr(mods["solver"], k))
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(network, k, v)
+
+    return use, mods["inverse"].apply_unfolded_sbl
 
 
 def _fmt(ts):
@@ -56,8 +122,22 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["cb", "deep-cb"])
     p.add_argument("--epochs-device", default=None,
                    help="also time batched epochs on this device (e.g. cuda)")
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="seconds of idle before each timed call (lets the "
+                   "BLAS threads of the previous call go to sleep: OpenBLAS "
+                   "threads spin ~0.1 s after a product, on a core the next "
+                   "call may need)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="report the process's CPU time per call instead of "
+                   "wall time: on a loaded machine, with every library on "
+                   "one thread (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), "
+                   "close to the wall time of one idle core")
+    p.add_argument("--baseline-rev", metavar="REV",
+                   help="also time solver.py and inverse.py of this git "
+                   "revision (e.g. HEAD), interleaved")
     p.add_argument("--out", help="write the table to this Markdown file")
     args = p.parse_args(argv)
+    baseline = load_baseline(args.baseline_rev) if args.baseline_rev else None
     mne.set_log_level("error")
     fwd = make_template_forward("train-64", "ico3", bem_ico=3)
     cfg = SimulationConfig(n_sources=(3, 3), snr_db=(10.0, 10.0),
@@ -67,40 +147,69 @@ def main(argv=None):
                                                  fixed=True, depth=None)
     op = make_unfolded_sbl_operator(evoked_full.info, fwd, cov)
     rows = []
+    load0 = os.getloadavg()
+    models = list(args.models)
+    if baseline is not None:
+        use_baseline, apply_baseline = baseline
+        models = [f"{m} ({args.baseline_rev})" for m in args.models] + models
+
+    def call(model, ev):
+        if model.endswith(")"):
+            name = model.rsplit(" (", 1)[0]
+
+            def run():
+                with use_baseline():
+                    return apply_baseline(ev, op, None, name).data
+            return run
+        return lambda: apply_unfolded_sbl(ev, op, None, model).data
+
     for T in args.times:
         ev = evoked_full.copy().crop(tmax=evoked_full.times[T - 1])
-        row = {"T": T}
-        row["sLORETA"] = _time(lambda: mne.minimum_norm.apply_inverse(
-            ev, inv, 1.0 / 9, "sLORETA").data, args.repeats)
-        for model in args.models:
-            row[model] = _time(lambda: apply_unfolded_sbl(
-                ev, op, None, model).data, args.repeats)
+        fns = {"sLORETA": lambda ev=ev: mne.minimum_norm.apply_inverse(
+            ev, inv, 1.0 / 9, "sLORETA").data}
+        fns.update({m: call(m, ev) for m in models})
+        row = _time_interleaved(
+            fns, args.repeats, args.pause,
+            time.process_time if args.cpu_time else time.perf_counter)
+        row["T"] = T
         rows.append(row)
-    cols = ["sLORETA"] + args.models
+    load1 = os.getloadavg()
+    cols = ["sLORETA"] + models
     lines = [f"# bench_latency.py ({time.strftime('%Y-%m-%d %H:%M %Z')})", "",
              f"* {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs, torch {torch.__version__} "
              f"({torch.get_num_threads()} threads), mne {mne.__version__}",
+             "* thread settings: " + (", ".join(
+                 f"{k}={os.environ[k]}" for k in (
+                     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                     "MKL_NUM_THREADS") if k in os.environ) or "defaults"),
+             f"* load average (1/5/15 min) {load0[0]:.2f} / {load0[1]:.2f} / "
+             f"{load0[2]:.2f} at the start, {load1[0]:.2f} / {load1[1]:.2f} / "
+             f"{load1[2]:.2f} at the end",
              f"* command: python benchmarks/bench_latency.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}",
-             "* ms per call incl. reading stc.data: median (10-90 %), "
-             "prepared operators", "",
+             f"* {'CPU' if args.cpu_time else 'wall'} "
+             "ms per call incl. reading stc.data: median (10-90 %), "
+             "prepared operators, methods taking turns call by call"
+             + (f", {args.pause:g} s idle before each call" if args.pause
+                else ""), "",
              "| T | " + " | ".join(cols) + " | " +
-             " | ".join(f"{m} / sLORETA" for m in args.models) + " |",
+             " | ".join(f"{m} / sLORETA" for m in models) + " |",
              "|---" * (1 + 2 * len(cols) - 1) + "|"]
     for r in rows:
         ref = statistics.median(r["sLORETA"])
         lines.append(f"| {r['T']:,} | " + " | ".join(_fmt(r[c]) for c in cols)
                      + " | " + " | ".join(
                          f"{statistics.median(r[m]) / ref:.2f}x"
-                         for m in args.models) + " |")
+                         for m in models) + " |")
     if args.epochs_device:
         epochs = mne.EpochsArray(
             np.repeat(evoked_full.data[None, :, :100], 4096, 0),
             evoked_full.info, verbose=False)
         for model in args.models:
-            ts = _time(lambda: apply_unfolded_sbl_epochs(
-                epochs, op, None, model, device=args.epochs_device), 3)
+            ts = _time_interleaved({model: lambda: apply_unfolded_sbl_epochs(
+                epochs, op, None, model, device=args.epochs_device)},
+                3)[model]
             lines.append(f"\n{model} epochs on {args.epochs_device}: "
                          f"{len(epochs) / statistics.median(ts):,.0f} "
                          "evoked/s (4096 epochs, T=100)")
