@@ -6,6 +6,8 @@ Examples::
     mne-unfolded-sbl benchmark --setting things-cap-ico3 --methods classical,sloreta
     mne-unfolded-sbl benchmark --sweep snr --n-samples 50 --out bench
     mne-unfolded-sbl benchmark --curve layers --n-samples 100 --out bench
+    mne-unfolded-sbl benchmark --do-no-harm --threads 1 --out dnh
+    mne-unfolded-sbl benchmark --do-no-harm --setting single-focal --n-samples 20 --out dnh
     python -m mne_unfolded_sbl.benchmark.cli --help
 
 Writes ``{setting}.md`` / ``{setting}.csv`` (summary: mean, std, median,
@@ -15,6 +17,18 @@ plots), and for sweeps / curves ``{setting}_sweep-{name}.*`` /
 ``{setting}_curve-layers.*``; ``run.json`` records the command, versions,
 thread count and load average (one entry per run, appended). Existing
 tables and figures are replaced only with ``--overwrite``.
+
+``--do-no-harm`` runs the check of
+:mod:`~mne_unfolded_sbl.benchmark.do_no_harm` instead: every registered
+learned model (or those of ``--methods``) against convex bounding at 25
+iterations, paired per sample, on the regime settings
+(:data:`~mne_unfolded_sbl.benchmark.settings.DO_NO_HARM_SETTINGS`, or
+``--setting``), 500 samples unless ``--n-samples``. It prints the tables and
+writes ``do-no-harm.md``, ``do-no-harm.csv``, ``do-no-harm_aggregate.csv``
+(always replaced: they are computed from the per-sample files) and
+``do-no-harm_{setting}_samples.csv`` (per-sample results, reused and
+extended by the next run; ``--overwrite`` recomputes them). The exit status
+is 0 unless ``--strict`` and a model fails somewhere (1).
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ from ..core._utils import soft_import
 from . import plots
 from .methods import CB_MAX_ITER, CB_TOL, GROUPS, MXNE_ALPHA, resolve_methods
 from .runner import run_benchmark
-from .settings import SETTINGS, get_setting
+from .settings import DO_NO_HARM_SETTINGS, SETTINGS, get_setting
 from .sweeps import SWEEPS, run_layer_curve, run_sweep
 
 #: Files written per output stem (see the module docstring).
@@ -49,19 +63,22 @@ def add_arguments(parser):
     parser.add_argument(
         "--setting", action="append", metavar="NAME",
         help=f"benchmark setting, repeatable: {', '.join(SETTINGS)} or 'all' "
-             "(default: train-cap-ico3)")
+             "(default: train-cap-ico3; with --do-no-harm: "
+             f"{', '.join(DO_NO_HARM_SETTINGS)})")
     parser.add_argument(
-        "--methods", default="default",
+        "--methods",
         help="comma-separated method keys and groups "
              f"({', '.join(GROUPS)}); e.g. 'classical,sloreta,gamma-map'; a "
              "path ending in .safetensors adds those weights (default: "
-             "'default' = every method except plain MNE minimum norm). "
-             "Use --list-methods to see the keys.")
+             "'default' = every method except plain MNE minimum norm; with "
+             "--do-no-harm: the learned models compared, default every "
+             "registered one). Use --list-methods to see the keys.")
     parser.add_argument("--list-methods", action="store_true",
                         help="print the available methods and exit")
-    parser.add_argument("--n-samples", type=int_type(1), default=200,
+    parser.add_argument("--n-samples", type=int_type(1),
                         help="simulated samples per setting (or sweep point); "
-                             "default 200, the paper reports 1000")
+                             "default 200 (--do-no-harm: 500), the paper "
+                             "reports 1000")
     parser.add_argument("--seed", type=int_type(0), default=0,
                         help="simulation seed")
     parser.add_argument("--out", default="benchmark_out",
@@ -101,13 +118,30 @@ def add_arguments(parser):
                              "machine)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar")
+    parser.add_argument("--do-no-harm", action="store_true",
+                        help="compare every learned model with convex "
+                             "bounding (25 it., same noise mode), paired per "
+                             "sample, with 95%% CIs and PASS/FAIL per metric, "
+                             "then over all settings against the targets")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --do-no-harm: exit with status 1 when a "
+                             "model fails on a setting")
+    parser.add_argument("--emd-threshold", type=float_type(0, 1,
+                                                           max_inclusive=False),
+                        default=0.0,
+                        help="with --do-no-harm: EMD over the sources above "
+                             "this fraction of the peak (default 0: exact, as "
+                             "the other tables; 0.01 is much faster on ico4 "
+                             "and extended sources)")
     parser.set_defaults(_cb_tol=CB_TOL, _cb_max_iter=CB_MAX_ITER,
                         _parser=parser)
     return parser
 
 
 def _settings(args):
-    names = args.setting or ["train-cap-ico3"]
+    default = list(DO_NO_HARM_SETTINGS) if args.do_no_harm \
+        else ["train-cap-ico3"]
+    names = args.setting or default
     if "all" in names:
         names = list(SETTINGS)
     for n in names:
@@ -150,6 +184,21 @@ def _check_args(args):
     """Checks across options, before anything runs (usage error, status 2)."""
     if args.sweep and args.curve:
         arg_error(args, "give --sweep or --curve, not both")
+    if args.strict and not args.do_no_harm:
+        arg_error(args, "argument --strict: needs --do-no-harm")
+    if args.emd_threshold and not args.do_no_harm:
+        arg_error(args, "argument --emd-threshold: needs --do-no-harm")
+    if args.do_no_harm:
+        for opt, val in (("--sweep", args.sweep), ("--curve", args.curve),
+                         ("--max-seconds", args.max_seconds)):
+            if val is not None:
+                arg_error(args, f"argument {opt}: not with --do-no-harm (the "
+                          "check is paired over the same samples)")
+        from .do_no_harm import check_settings, resolve_models
+
+        check_settings(_settings(args))  # ValueError for unknown settings
+        resolve_models(args.methods, args.dtype)  # ... and models
+        return
     if args.sweep_values is not None:
         if not args.sweep:
             arg_error(args, "argument --sweep-values: needs --sweep")
@@ -222,12 +271,35 @@ def _run_all(args):
     return written
 
 
+def _do_no_harm(args):
+    """The ``--do-no-harm`` check; returns the exit status."""
+    from .do_no_harm import cost_markdown, run_do_no_harm
+
+    out = Path(args.out)
+    res = run_do_no_harm(_settings(args), args.methods,
+                         n_samples=args.n_samples, seed=args.seed, out=out,
+                         bem_ico=args.bem_ico, dtype=args.dtype,
+                         batch_size=args.batch_size,
+                         progress=not args.no_progress,
+                         reuse=not args.overwrite,
+                         emd_threshold=args.emd_threshold)
+    paths = res.write(out)
+    _record(args, out, dict(output="do-no-harm", info=res.info))
+    print(res.markdown())
+    print("## Cost\n")
+    print(cost_markdown(res.cost()))
+    print(f"wrote {paths['md']}, {paths['csv']}, {paths['aggregate']}")
+    return 1 if args.strict and res.failed else 0
+
+
 def run(args):
     """Run the ``benchmark`` command from parsed arguments."""
     if args.list_methods:
         for m in resolve_methods("all"):
             print(f"{m.key:18s} {m.describe()}")
         return 0
+    if args.n_samples is None:
+        args.n_samples = 500 if args.do_no_harm else 200
     _check_args(args)
     limits = contextlib.nullcontext()
     if args.threads:
@@ -236,6 +308,8 @@ def run(args):
         if threadpoolctl is not None:  # else BLAS follows OMP_NUM_THREADS
             limits = threadpoolctl.threadpool_limits(int(args.threads))
     with limits:
+        if args.do_no_harm:
+            return _do_no_harm(args)
         _run_all(args)
     return 0
 

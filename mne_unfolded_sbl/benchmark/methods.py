@@ -10,7 +10,8 @@ units and reports the seconds it spent per sample. Three families:
   fixed depth or run to convergence) and the learned unfolded networks,
   with the point, multi-scale or loose-orientation source model of the
   registry entry. Batched in PyTorch on the arrays (average-referenced lead
-  field, data, true noise variances).
+  field, data, the noise variances the solvers are told:
+  :attr:`Batch.noise_var`).
 - ``"linear"`` (:class:`MNELinearMethod`): MNE's minimum-norm family
   (sLORETA, dSPM, eLORETA, MNE).
 - ``"sparse"`` (:class:`GammaMapMethod`, :class:`MxNEMethod`): MNE's
@@ -21,8 +22,10 @@ MNE's methods run per sample through the registry entry's
 prepared-operator steps) on an :class:`mne.EvokedArray` built from the
 simulated array (montage info with an average-reference projector, data in
 volts: the unit-free sources times
-:data:`~mne_unfolded_sbl.benchmark.settings.SOURCE_SCALE`) with the true
-diagonal noise covariance of that sample.
+:data:`~mne_unfolded_sbl.benchmark.settings.SOURCE_SCALE`) with the
+diagonal noise covariance of that sample that the solvers are told
+(:attr:`Batch.noise_var`: the true one, except in settings that hand the
+solvers a wrong one, such as ``miscaled-cov``).
 """
 
 from __future__ import annotations
@@ -54,19 +57,36 @@ __all__ = ["Batch", "IncompatibleMethod", "Solution", "Method", "SBLMethod",
 
 @dataclass
 class Batch:
-    """Simulated samples (simulator units) and per-sample MNE objects."""
+    """Simulated samples (simulator units) and per-sample MNE objects.
+
+    ``noise_var`` holds the noise variances every method is *told*: the
+    source-only SBL solvers' ``noise_var`` and the diagonal of the noise
+    covariance of MNE's solvers (:meth:`mne_inputs`) both come from it, and
+    nothing else. It is the simulator's ``noise_var_given`` where the
+    simulation draws one (a miscaled or ad hoc covariance), else the true
+    variances; ``noise_var_true`` keeps the true ones (None: the same).
+    """
 
     Y: np.ndarray  # (B, M, T)
     X: np.ndarray  # (B, N, T)
-    noise_var: np.ndarray  # (B, M)
+    noise_var: np.ndarray  # (B, M) what the solvers are told
     index: np.ndarray  # (B,) sample indices
     #: (B, N, 3) dipole orientations (head coordinates) of problems scored
     #: on vectors (tilted dipoles), else None.
     ori: np.ndarray = None
+    #: (B, M) the variances the noise was drawn with, where they differ
+    #: from ``noise_var`` (None: equal).
+    noise_var_true: np.ndarray = None
     _mne: dict = field(default_factory=dict)
 
     def __len__(self):
         return len(self.Y)
+
+    @property
+    def true_noise_var(self):
+        """The variances the noise was drawn with (B, M)."""
+        return self.noise_var if self.noise_var_true is None \
+            else self.noise_var_true
 
     def mne_inputs(self, i, problem):
         """``(evoked, noise_cov)`` of sample ``i`` (built once, cached)."""
@@ -171,8 +191,9 @@ class SBLMethod(Method):
     spec : mne_unfolded_sbl.methods.UnfoldedModel
         The registry entry: model (``"cb"``, a learned model name or a
         weights file), ``learn_noise`` (joint ``(gamma, lambda)`` or
-        source-only with the true noise), depth ``n_layers`` of the
-        classical solver, or ``tol`` to run it to convergence, and the
+        source-only with the noise variances the solvers are told,
+        :attr:`Batch.noise_var`), depth ``n_layers`` of the classical
+        solver, or ``tol`` to run it to convergence, and the
         source model:
 
         - ``source_model="multiscale"``: the atoms of
@@ -273,7 +294,7 @@ class SBLMethod(Method):
             nv = torch.as_tensor(batch.noise_var, dtype=self._dtype)
         return Y, nv
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def run(self, Y, noise_var, return_trajectory=False):
         """Run on torch inputs; return ``(X, n_iter, out)``."""
         Cy = covariance_statistic(Y)
@@ -290,7 +311,7 @@ class SBLMethod(Method):
         n_iter = torch.full((len(Y),), self.net.n_layers)
         return out.posterior_mean(Y), n_iter, out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _run_multiscale(self, Y, noise_var):
         """Atoms and point model; per sample the one of lower evidence cost.
 
@@ -386,7 +407,8 @@ class _MNEMethod(Method):
         self.family = spec.family
 
     def describe(self):
-        return f"{self.spec.describe()}, per-sample true noise covariance"
+        return f"{self.spec.describe()}, per-sample noise covariance " \
+            "(the one the solvers are told)"
 
     def prepare(self, problem):
         if problem.fwd is None or problem.info is None:
@@ -433,9 +455,10 @@ class MNELinearMethod(_MNEMethod):
     """A :class:`~mne_unfolded_sbl.methods.MinimumNorm` entry per sample.
 
     The inverse operator (:func:`mne_unfolded_sbl.methods.make_inverse_operator`)
-    is made with each sample's true noise covariance, shared by the linear
-    methods and timed as per-sample *setup* together with its preparation;
-    ``seconds`` is the application of the prepared operator only.
+    is made with each sample's noise covariance (:attr:`Batch.noise_var`),
+    shared by the linear methods and timed as per-sample *setup* together
+    with its preparation; ``seconds`` is the application of the prepared
+    operator only.
     """
 
     def solve_one(self, batch, i):

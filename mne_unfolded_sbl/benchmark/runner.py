@@ -64,6 +64,17 @@ def tilted_orientations(n_sources, max_deg, rng):
     return np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), cos_t], -1)
 
 
+def _simulator(problem, L, config):
+    """The float64 :class:`~mne_unfolded_sbl.core.simulator.EEGSimulator` of
+    a problem (with the source-space mesh when the footprints need it)."""
+    kinds = getattr(config, "footprint", ("gaussian",))
+    kw = {}
+    if any(k in ("geodesic", "diffusion") for k in kinds):
+        kw["adjacency"] = problem.adjacency
+    return EEGSimulator(L, problem.pos, config, dtype=torch.float64, seed=0,
+                        **kw)
+
+
 def _draw(problem, sim, config, seed, index):
     """One sample ``(draw dict, orientations or None)``."""
     if not problem.vector:
@@ -79,16 +90,21 @@ def _draw(problem, sim, config, seed, index):
     M, N = problem.L_sim_free.shape[0], problem.n_sources
     L_tilt = np.einsum("mno,no->mn",
                        problem.L_sim_free.reshape(M, N, 3), local)
-    one = EEGSimulator(L_tilt, problem.pos, config, dtype=torch.float64,
-                       seed=0)
+    one = _simulator(problem, L_tilt, config)
     return (one.sample(1, seed=sample_seed(seed, index)),
             np.einsum("no,nox->nx", local, problem.nn))
 
 
-def simulate_batches(problem, n_samples, seed=0, batch_size=None):
+def simulate_batches(problem, n_samples, seed=0, batch_size=None, first=0):
     """Yield :class:`~mne_unfolded_sbl.benchmark.methods.Batch` es of simulated data.
 
-    Data come from ``problem.L_sim`` (perturbed conductivities) in float64.
+    Samples ``first, ..., first + n_samples - 1`` (sample ``i`` is the same
+    whatever ``first``, ``n_samples`` and the batch size). Data come from
+    ``problem.L_sim`` (perturbed conductivities) in float64. The batch's
+    ``noise_var``, what every method is told (see
+    :class:`~mne_unfolded_sbl.benchmark.methods.Batch`), is the simulator's
+    ``noise_var_given`` when its samples have one (settings that hand the
+    solvers a wrong covariance, ``miscaled-cov``), else the true variances.
     Settings with tilted dipoles (``setting.tilt_deg``) draw, per sample,
     orientations within the cone (:func:`tilted_orientations`) and simulate
     with the free-orientation lead field ``problem.L_sim_free`` projected on
@@ -99,22 +115,29 @@ def simulate_batches(problem, n_samples, seed=0, batch_size=None):
     config = problem.config
     if problem.eeg_rows is not None:
         config = config.replace(reference="none")
-    sim = EEGSimulator(problem.L_sim, problem.pos, config,
-                       dtype=torch.float64, seed=0)
+    sim = _simulator(problem, problem.L_sim, config)
     bs = int(batch_size or problem.setting.batch_size)
     eeg = problem.eeg_rows
-    for start in range(0, int(n_samples), bs):
-        idx = np.arange(start, min(int(n_samples), start + bs))
+    stop = int(first) + int(n_samples)
+    for start in range(int(first), stop, bs):
+        idx = np.arange(start, min(stop, start + bs))
         draws, oris = zip(*(_draw(problem, sim, config, seed, i) for i in idx))
         Y = torch.cat([d["Y"] for d in draws]).numpy()
         if eeg is not None and eeg.any():
             Y[:, eeg] -= Y[:, eeg].mean(1, keepdims=True)
+        true = torch.cat([d["noise_var"] for d in draws]).numpy()
+        given = None
+        if "noise_var_given" in draws[0]:  # what the solvers are told
+            given = torch.cat([d["noise_var_given"] for d in draws]).numpy()
+            if np.array_equal(given, true):
+                given = None
         yield Batch(
             Y=Y,
             X=torch.cat([d["X"] for d in draws]).numpy(),
-            noise_var=torch.cat([d["noise_var"] for d in draws]).numpy(),
+            noise_var=true if given is None else given,
             index=idx,
             ori=None if oris[0] is None else np.stack(oris),
+            noise_var_true=None if given is None else true,
         )
 
 
@@ -413,7 +436,7 @@ def as_problem(setting, bem_ico=None, config=None):
 def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
                   seed=0, batch_size=None, dtype="float32", max_seconds=None,
                   progress=True, bem_ico=None, config=None, metric_kw=None,
-                  mxne_alpha=None, extra=None):
+                  mxne_alpha=None, extra=None, first=0):
     """Run methods on ``n_samples`` simulated samples of a setting.
 
     Parameters
@@ -429,6 +452,9 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
         See :func:`~mne_unfolded_sbl.benchmark.methods.resolve_methods`.
     n_samples, seed : int
         Sample ``i`` is drawn with :func:`sample_seed` ``(seed, i)``.
+    first : int
+        Index of the first sample: the run covers samples ``first, ...,
+        first + n_samples - 1`` (to extend an earlier run).
     batch_size : int | None
         Samples per batch (default: the setting's).
     dtype : "float32" | "float64"
@@ -450,6 +476,7 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     result : BenchmarkResult
     """
     n_samples = check_positive_int(n_samples, "n_samples")
+    first = check_positive_int(first, "first", minimum=0)
     if batch_size is not None:
         batch_size = check_positive_int(batch_size, "batch_size")
     problem = as_problem(setting, bem_ico, config)
@@ -474,7 +501,16 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
     bar = tqdm(total=n_samples * len(methods), disable=not progress,
                unit="fit", desc=problem.setting.name, leave=True)
     t_start = time.perf_counter()
-    for batch in simulate_batches(problem, n_samples, seed, batch_size):
+    t_sim = t_score = 0.0
+    # nothing to simulate when every method was skipped as incompatible
+    batches = iter(simulate_batches(problem, n_samples, seed, batch_size,
+                                    first=first) if methods else ())
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t_sim += time.perf_counter() - t0
+        if batch is None:
+            break
         for m in methods:
             if max_seconds is not None and spent[m.key] > max_seconds:
                 skipped.setdefault(m.key, int(batch.index[0]))
@@ -483,7 +519,9 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
             bar.set_postfix_str(m.key)
             sol = m.solve(batch)
             spent[m.key] += float(np.sum(sol.seconds))
+            t0 = time.perf_counter()
             res = score(problem, batch, sol, metric_kw)
+            t_score += time.perf_counter() - t0
             for j, idx in enumerate(batch.index):
                 rec = dict(extra or {})
                 rec.update(
@@ -505,11 +543,13 @@ def run_benchmark(setting="train-cap-ico3", methods=None, *, n_samples=200,
             bar.update(len(batch))
     bar.close()
     info = dict(setting=problem.setting.name, label=problem.setting.label,
-                n_samples=n_samples, seed=int(seed), dtype=dtype,
+                n_samples=n_samples, first_sample=int(first), seed=int(seed),
+                dtype=dtype,
                 n_sensors=problem.n_sensors, n_sources=problem.n_sources,
                 n_times=problem.config.n_times,
                 bem_ico=problem.setting.bem_ico,
                 wall_seconds=time.perf_counter() - t_start,
+                simulate_seconds=t_sim, score_seconds=t_score,
                 skipped_after_sample=skipped, incompatible=incompatible,
                 methods={m.key: m.describe() for m in methods},
                 title=f"{problem.setting.label}: {n_samples} samples, seed {seed}")

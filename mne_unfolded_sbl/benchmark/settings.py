@@ -30,11 +30,42 @@ probe the source models of :func:`~mne_unfolded_sbl.apply_unfolded_sbl`:
   (:attr:`Problem.row_scale`) and only the EEG rows are average-referenced
   (:meth:`Problem.null_space`); MNE's solvers get the data back in
   physical units.
+
+The *regime* settings of the do-no-harm check
+(:data:`DO_NO_HARM_SETTINGS`, :mod:`~mne_unfolded_sbl.benchmark.do_no_harm`)
+probe the regimes users meet. Unlike the settings above they draw one SNR
+per sample over all sensors (``snr_mode="global"``) with sensor noise
+variances that differ log-normally (``noise_heterogeneity``: the standard
+deviation of the log variance across sensors, drawn in 0-0.5 per sample) —
+see :data:`REGIME_NOISE`:
+
+- ``single-focal``: one dipole, SNR 3-5 dB;
+- ``multi-dipole``: 2-4 dipoles, SNR 1-3 dB;
+- ``low-snr``: 1-3 smooth sources (Gaussian or diffusion footprints,
+  10-20 mm), SNR -5-0 dB;
+- ``miscaled-cov``: the Train Cap sources (5-20 focal, SNR 5-30 dB), but
+  the noise variances handed to every solver are those of the simulation
+  times a log-uniform factor in 0.3-3 per sample, and flat (ad hoc: their
+  mean on every sensor) in 20 % of the samples;
+- ``cap-32``, ``cap-128``, ``ico4``: the Train Cap sources and SNR on the
+  32-channel 10-20 cap (``"1020-32"``), the 128-channel EGI HydroCel net
+  fitted to the template scalp (``"egi-128"``), and the ico4 source space
+  (5124 sources).
+
+Their simulation fields (``snr_mode``, ``noise_heterogeneity``,
+``footprint``, ``noise_cov_scale``, ``adhoc_cov_prob``) are those of
+:class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`; an installation
+whose simulator lacks them refuses these settings with a clear error
+(:meth:`Setting.missing_fields`). Diffusion footprints are drawn on the
+mesh of the forward's source space (:attr:`Problem.adjacency`). Every method is told the noise variances
+the simulation says the solver is told (``noise_var_given`` of the
+simulator's samples, else the true ones): see
+:func:`~mne_unfolded_sbl.benchmark.runner.simulate_batches`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import mne
 import numpy as np
@@ -109,8 +140,28 @@ class Setting:
     meg: bool = False
     tilt_deg: float | None = None
 
+    def missing_fields(self):
+        """The fields of :attr:`config_overrides` that this installation's
+        :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` lacks
+        (empty: the setting can be simulated)."""
+        known = {f.name for f in fields(SimulationConfig)}
+        return sorted(set(self.config_overrides) - known)
+
     def simulation_config(self, **overrides):
-        """This setting's :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`."""
+        """This setting's :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig`.
+
+        Raises
+        ------
+        ValueError
+            If the simulator lacks a field the setting needs
+            (:meth:`missing_fields`).
+        """
+        missing = self.missing_fields()
+        if missing:
+            raise ValueError(
+                f"Setting {self.name!r} needs the SimulationConfig fields "
+                f"{missing}, which this installation's simulator "
+                "(mne_unfolded_sbl.core.simulator) does not have.")
         kw = dict(n_times=self.n_times, sfreq=100.0)
         kw.update(self.config_overrides)
         kw.update(overrides)
@@ -120,6 +171,13 @@ class Setting:
         """Return a modified copy (e.g. ``bem_ico=3`` for quick runs)."""
         return replace(self, **kwargs)
 
+
+#: Noise of the regime settings: one SNR per sample over all sensors, the
+#: sensors' noise variances spread log-normally (standard deviation of the
+#: log variance drawn in 0-0.5 per sample).
+REGIME_NOISE = dict(snr_mode="global", noise_heterogeneity=(0.0, 0.5))
+_GLOBAL = "global SNR (one per sample over all sensors, sensor noise " \
+    "variances log-normal, std of log 0-0.5)"
 
 SETTINGS = {
     "train-cap-ico3": Setting(
@@ -165,7 +223,63 @@ SETTINGS = {
         description="306-channel template MEG array + the 64-channel Train "
                     "Cap, ico3 (1284 sources), T=100, the Train Cap "
                     "simulation (5-20 focal sources, SNR 5-30 dB)"),
+    # -- regimes of the do-no-harm check (global SNR, see REGIME_NOISE) ------
+    "single-focal": Setting(
+        "single-focal", "Single focal dipole (global SNR), Ico3", "train-64",
+        "ico3", 100, batch_size=50,
+        config_overrides=dict(n_sources=1, spread=0.0, snr_db=(3.0, 5.0),
+                              **REGIME_NOISE),
+        description=f"Train Cap, ico3, T=100; one dipole (no footprint), "
+                    f"{_GLOBAL} 3-5 dB"),
+    "multi-dipole": Setting(
+        "multi-dipole", "2-4 dipoles, Ico3", "train-64", "ico3", 100,
+        batch_size=50,
+        config_overrides=dict(n_sources=(2, 4), spread=0.0,
+                              snr_db=(1.0, 3.0), **REGIME_NOISE),
+        description=f"Train Cap, ico3, T=100; 2-4 dipoles (no footprint), "
+                    f"{_GLOBAL} 1-3 dB"),
+    "low-snr": Setting(
+        "low-snr", "Low SNR, smooth sources, Ico3", "train-64", "ico3", 100,
+        batch_size=50,
+        config_overrides=dict(n_sources=(1, 3), spread=(0.01, 0.02),
+                              footprint=("gaussian", "diffusion"),
+                              snr_db=(-5.0, 0.0), **REGIME_NOISE),
+        description=f"Train Cap, ico3, T=100; 1-3 smooth sources (Gaussian "
+                    f"or diffusion footprints, 10-20 mm), {_GLOBAL} -5-0 dB"),
+    "miscaled-cov": Setting(
+        "miscaled-cov", "Miscaled noise covariance, Ico3", "train-64", "ico3",
+        100, batch_size=50,
+        config_overrides=dict(snr_db=(5.0, 30.0), noise_cov_scale=(0.3, 3.0),
+                              adhoc_cov_prob=0.2, **REGIME_NOISE),
+        description=f"Train Cap, ico3, T=100; 5-20 focal sources, {_GLOBAL} "
+                    "5-30 dB; the noise variances handed to every solver "
+                    "are the true ones times a log-uniform factor in 0.3-3 "
+                    "per sample, flat (ad hoc) in 20 % of the samples"),
+    "cap-32": Setting(
+        "cap-32", "32-channel 10-20 cap, Ico3", "1020-32", "ico3", 100,
+        batch_size=50,
+        config_overrides=dict(snr_db=(5.0, 30.0), **REGIME_NOISE),
+        description=f"32-channel 10-20 cap (fsaverage_1005 positions), ico3, "
+                    f"T=100; 5-20 focal sources, {_GLOBAL} 5-30 dB"),
+    "cap-128": Setting(
+        "cap-128", "128-channel EGI net, Ico3", "egi-128", "ico3", 100,
+        batch_size=50,
+        config_overrides=dict(snr_db=(5.0, 30.0), **REGIME_NOISE),
+        description=f"128-channel EGI HydroCel net (MNE's positions fitted "
+                    f"to the template scalp), ico3, T=100; 5-20 focal "
+                    f"sources, {_GLOBAL} 5-30 dB"),
+    "ico4": Setting(
+        "ico4", "Train Cap, Ico4", "train-64", "ico4", 100, batch_size=10,
+        config_overrides=dict(snr_db=(5.0, 30.0), **REGIME_NOISE),
+        description=f"Train Cap, ico4 (5124 sources), T=100; 5-20 focal "
+                    f"sources, {_GLOBAL} 5-30 dB"),
 }
+
+#: The settings of the do-no-harm check
+#: (:func:`~mne_unfolded_sbl.benchmark.do_no_harm.run_do_no_harm`), in the
+#: order of its tables.
+DO_NO_HARM_SETTINGS = ("single-focal", "multi-dipole", "extended-patches",
+                       "low-snr", "miscaled-cov", "cap-32", "cap-128", "ico4")
 
 
 def get_setting(setting):
@@ -219,6 +333,7 @@ class Problem:
     row_scale: np.ndarray = None
     eeg_rows: np.ndarray = None
     fwd_free: object = None
+    _adjacency: object = None
 
     @property
     def n_sensors(self):
@@ -234,6 +349,31 @@ class Problem:
         if self._neighbors is None:
             self._neighbors = source_neighbors(self.pos)
         return self._neighbors
+
+    @property
+    def adjacency(self):
+        """Mesh adjacency of the sources (scipy.sparse, from the forward's
+        source space; built once), for the geodesic and diffusion
+        footprints of the simulation.
+
+        Raises
+        ------
+        ValueError
+            For a problem without an MNE forward (synthetic).
+        """
+        if self._adjacency is None:
+            if self.fwd is None:
+                raise ValueError(
+                    "Geodesic and diffusion footprints need the source-space "
+                    "mesh of an MNE forward; this problem has none.")
+            self._adjacency = mne.spatial_src_adjacency(self.fwd["src"],
+                                                        verbose=False)
+            if self._adjacency.shape != (self.n_sources, self.n_sources):
+                raise ValueError(
+                    f"The source-space adjacency has shape "
+                    f"{self._adjacency.shape}, not the problem's "
+                    f"{self.n_sources} sources.")
+        return self._adjacency
 
     def with_config(self, config):
         """Same geometry, another simulation config (for sweeps)."""

@@ -191,7 +191,7 @@ def run_layer_curve(setting, methods=None, *, n_samples=100, seed=0,
     for batch in simulate_batches(problem, n_samples, seed, batch_size):
         for m in curve_methods:
             Y, nv = m._inputs(batch)
-            with torch.inference_mode():
+            with torch.no_grad():
                 _, _, out = m.run(Y, nv, return_trajectory=True)
                 for k in _curve_layers(m.net.n_layers, m.net.n_layers):
                     X = out.posterior_mean(Y, layer=k - 1).to(torch.float64).numpy()
