@@ -7,6 +7,7 @@ wrong (or silently empty) estimate.
 
 import copy
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -375,3 +376,17 @@ def test_f10_repr_keeps_the_kernel(tiny, tmp_path):
     mne_repr = mne.SourceEstimate.__repr__(stc)
     assert repr(stc).split(" | ", 1)[1] == mne_repr.split(" | ", 1)[1]
     assert repr(stc).startswith("<SourceEstimate | ")
+
+
+def test_learned_model_warns_outside_its_training_geometry(tiny):
+    """A learned network trained on other geometries warns and names 'cb'."""
+    fwd, evoked, cov = tiny
+    net = UnfoldedSBL(4, "deep-cb", True)
+    n_src = fwd["sol"]["data"].shape[1]
+    net.training_domain = dict(n_sensors=[128, 128], n_sources=[n_src, n_src])
+    with pytest.warns(RuntimeWarning, match=r"model='cb'.*|32 sensors"):
+        apply_unfolded_sbl(evoked, fwd, cov, model=net, verbose=False)
+    net.training_domain = dict(n_sensors=[32, 64], n_sources=[n_src, n_src])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        apply_unfolded_sbl(evoked, fwd, cov, model=net, verbose=False)

@@ -12,37 +12,97 @@ tensors of shape ``(B, P)`` (``P`` = sources or sensors) and the output is
 untrained network *is* the classical solver.
 
 Features fed to the pointwise and attention modules (``d_in = 5``), per
-source (resp. sensor), all in the normalised units of
-:func:`mne_unfolded_sbl.core.solver.normalize_problem`:
+source (resp. sensor), with ``p = 0.5 (s - q)`` the classical proposal of
+the new log-variance:
 
-1. ``s_n`` (log numerator), 2. ``q_n`` (log denominator),
-3. ``log gamma_n^k`` (current state),
-4. ``log gamma_n^k - max_n' log gamma_n'^k`` (relative level),
-5. ``s_n - mean_n' s_n'`` (relative energy),
+1. ``p_n - max_n' p_n'`` (proposed level relative to the strongest),
+2. ``log gamma_n^k - max_n' log gamma_n'^k`` (current relative level),
+3. ``p_n - log gamma_n^k`` (the classical step of this element),
+4. ``s_n - max_n' s_n'`` (relative energy),
+5. ``q_n - mean_n' q_n'`` (relative sensitivity, e.g. depth),
 
-each multiplied by :data:`FEATURE_SCALE` so that order-one weights suffice.
+each clipped below at :data:`FEATURE_FLOOR` (pruned elements) and
+multiplied by :data:`FEATURE_SCALE` so that order-one weights suffice.
+Every feature is a difference of log-quantities of one sample: it does not
+change when the data, the lead field or the state are rescaled, so the
+features carry no absolute SNR or source count. (The first trained weights
+also saw the absolute ``s``, ``q`` and ``log gamma``; a diagnosis showed
+those drove the corrections that added spurious sources on a single
+dipole, :doc:`/model_cards`.)
+
 Outputs pass through a soft clip ``c tanh(x / c)`` with ``c =``
-:data:`CLIP` (identity near zero, bounded far from it).
+:data:`CLIP`, and the corrected log-variance may exceed the sample's
+largest classical proposal by at most :data:`LOG_OVERSHOOT`: corrections
+cannot compound over layers into variances far above any the classical
+solver would propose (which also exhausted float32 in the products of the
+next layer).
+
+These are the ``"relative"`` features. The first bundled weights were
+trained with the ``"absolute"`` ones (``s_n``, ``q_n``, ``log gamma_n``,
+``log gamma_n - max log gamma``, ``s_n - mean s``; soft clip at 5, no cap);
+a network's ``features`` (its config, stored with the weights; files
+without it are ``"absolute"``) says which it uses (:data:`FEATURE_SETS`).
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FEATURE_SCALE = 0.1
-CLIP = 5.0
+FEATURE_FLOOR = -40.0
+CLIP = 3.0
+LOG_OVERSHOOT = math.log(10.0)
 N_FEATURES = 5
 
 
-def log_features(num_log, den_log, log_state):
-    """Stack the five per-element features described in the module docstring."""
+def absolute_features(num_log, den_log, log_state):
+    """The five features of the first bundled weights (``"absolute"``)."""
     rel_state = log_state - log_state.amax(-1, keepdim=True)
     rel_num = num_log - num_log.mean(-1, keepdim=True)
     z = torch.stack([num_log, den_log, log_state, rel_state, rel_num], dim=-1)
     return FEATURE_SCALE * z
 
 
-def _soft_clip(x):
-    return CLIP * torch.tanh(x / CLIP)
+def log_features(num_log, den_log, log_state):
+    """Stack the five per-element features described in the module docstring."""
+    prop = 0.5 * (num_log - den_log)
+    z = torch.stack([
+        prop - prop.amax(-1, keepdim=True),
+        log_state - log_state.amax(-1, keepdim=True),
+        prop - log_state,
+        num_log - num_log.amax(-1, keepdim=True),
+        den_log - den_log.mean(-1, keepdim=True),
+    ], dim=-1)
+    return FEATURE_SCALE * z.clamp_min(FEATURE_FLOOR)
+
+
+#: Feature sets: name -> (feature function, soft-clip bound, cap the
+#: corrected level at the largest proposal times 10).
+FEATURE_SETS = {
+    "relative": (log_features, CLIP, True),
+    "absolute": (absolute_features, 5.0, False),
+}
+
+
+def check_features(features):
+    """Validate a feature-set name (see :data:`FEATURE_SETS`)."""
+    if features not in FEATURE_SETS:
+        raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got "
+                         f"{features!r}.")
+    return features
+
+
+def _bound_correction(delta, num_log, den_log, features="relative"):
+    """Soft-clip ``delta`` and cap the corrected level (module docstring)."""
+    _, clip, cap = FEATURE_SETS[features]
+    delta = clip * torch.tanh(delta / clip)
+    if not cap:
+        return delta
+    prop = 0.5 * (num_log - den_log)
+    room = prop.amax(-1, keepdim=True) + LOG_OVERSHOOT - prop
+    return torch.minimum(delta, room)
 
 
 def _mlp(d_in, hidden, n_hidden):
@@ -63,9 +123,10 @@ class BiasCorrection(nn.Module):
     Tied to the source space (or montage) it was trained on.
     """
 
-    def __init__(self, size):
+    def __init__(self, size, features="relative"):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(int(size)))
+        self.features = check_features(features)
 
     def forward(self, num_log, den_log, log_state):
         if num_log.shape[-1] != self.bias.shape[0]:
@@ -75,20 +136,23 @@ class BiasCorrection(nn.Module):
                 "source space and montage. Use model='deep-cb' or "
                 "'deep-attn-cb', which transfer to any montage and source space."
             )
-        return self.bias.to(num_log.dtype).expand_as(num_log)
+        return _bound_correction(self.bias.to(num_log.dtype).expand_as(num_log),
+                                 num_log, den_log, self.features)
 
 
 class MLPCorrection(nn.Module):
     """Deep CB: a pointwise MLP shared over all sources (or sensors)."""
 
-    def __init__(self, hidden=32, n_hidden=2):
+    def __init__(self, hidden=32, n_hidden=2, features="relative"):
         super().__init__()
         self.net = _mlp(N_FEATURES, hidden, n_hidden)
+        self.features = check_features(features)
 
     def forward(self, num_log, den_log, log_state):
-        z = log_features(num_log, den_log, log_state)
-        return _soft_clip(self.net(z.to(self.net[0].weight.dtype)).squeeze(-1)
-                          ).to(num_log.dtype)
+        z = FEATURE_SETS[self.features][0](num_log, den_log, log_state)
+        raw = self.net(z.to(self.net[0].weight.dtype)).squeeze(-1)
+        return _bound_correction(raw.to(num_log.dtype), num_log, den_log,
+                                 self.features)
 
 
 class AttentionCorrection(nn.Module):
@@ -97,22 +161,40 @@ class AttentionCorrection(nn.Module):
     ``H = LayerNorm(Z W_e + b_e)``, ``H' = H + MHSA(H)``, ``Delta = MLP(H')``
     with the last layer zero-initialised.  The attended set is the sources
     whose classical proposal ``0.5 (s - q)`` lies within ``log(1/rel_active)``
-    of the sample's maximum (at most ``max_tokens`` of them, the largest
-    first); all other sources get no correction.
+    of the sample's maximum, at most ``max_tokens`` of them (the largest
+    first); all other sources get no correction. The attention itself is
+    :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels
+    where the device has them) with the inactive tokens masked out as keys,
+    so the cost is ``O(max_tokens^2)`` per sample whatever the source space.
     """
 
     def __init__(self, embed_dim=16, n_heads=2, hidden=32, rel_active=1e-3,
-                 max_tokens=2048):
+                 max_tokens=512, features="relative"):
         super().__init__()
+        self.features = check_features(features)
+        if embed_dim % n_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be a multiple of "
+                             f"n_heads={n_heads}.")
         self.embed = nn.Linear(N_FEATURES, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
-        self.attn = nn.MultiheadAttention(embed_dim, n_heads, batch_first=True)
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.n_heads = int(n_heads)
         self.decode = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(),
                                     nn.Linear(hidden, 1))
         nn.init.zeros_(self.decode[-1].weight)
         nn.init.zeros_(self.decode[-1].bias)
         self.log_rel_active = float(torch.log(torch.tensor(rel_active)))
         self.max_tokens = int(max_tokens)
+
+    def _attend(self, H, mask_k):
+        B, k, d = H.shape
+        h = self.n_heads
+        q, key, v = self.qkv(H).view(B, k, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        # boolean mask: True = may attend (inactive tokens are no keys)
+        att = F.scaled_dot_product_attention(q, key, v,
+                                             attn_mask=mask_k[:, None, None, :])
+        return self.proj(att.transpose(1, 2).reshape(B, k, d))
 
     def forward(self, num_log, den_log, log_state):
         B, N = num_log.shape
@@ -121,12 +203,12 @@ class AttentionCorrection(nn.Module):
         k = int(min(N, self.max_tokens, int(active.sum(-1).max())))
         k = max(k, 1)
         idx = torch.topk(proposal, k, dim=-1).indices  # (B, k)
-        z = log_features(num_log, den_log, log_state)
+        z = FEATURE_SETS[self.features][0](num_log, den_log, log_state)
         wdt = self.embed.weight.dtype
         zk = torch.gather(z, 1, idx[..., None].expand(B, k, N_FEATURES)).to(wdt)
         mask_k = torch.gather(active, 1, idx)  # True = attended
         H = self.norm(self.embed(zk))
-        att, _ = self.attn(H, H, H, key_padding_mask=~mask_k, need_weights=False)
-        out = _soft_clip(self.decode(H + att).squeeze(-1))
+        out = self.decode(H + self._attend(H, mask_k)).squeeze(-1)
         out = torch.where(mask_k, out, torch.zeros_like(out)).to(num_log.dtype)
-        return torch.zeros_like(num_log).scatter(1, idx, out)
+        full = torch.zeros_like(num_log).scatter(1, idx, out)
+        return _bound_correction(full, num_log, den_log, self.features)

@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._utils import check_positive_int
-from .corrections import AttentionCorrection, BiasCorrection, MLPCorrection
+from .corrections import (AttentionCorrection, BiasCorrection, MLPCorrection,
+                          check_features)
 from .solver import (CBState, cb_iteration, model_covariance, posterior_kernel,
                      posterior_mean, posterior_variance, precision, prepare,
                      type2_cost)
@@ -161,11 +162,16 @@ class UnfoldedSBL(nn.Module):
     noise_init : float
         Initial noise variance as a fraction of the mean sensor power
         (joint learning without an initial ``noise_var``).
+    features : "relative" | "absolute"
+        Input features and output bounds of the corrections
+        (:data:`~mne_unfolded_sbl.core.corrections.FEATURE_SETS`):
+        ``"absolute"`` is the set of the first bundled weights.
     """
 
     def __init__(self, n_layers=25, model="cb", learn_noise=True, *,
                  n_sources=None, n_sensors=None, hidden=32, embed_dim=16,
-                 n_heads=2, rel_threshold=None, noise_init=0.1):
+                 n_heads=2, rel_threshold=None, noise_init=0.1,
+                 features="relative"):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -179,7 +185,8 @@ class UnfoldedSBL(nn.Module):
                            learn_noise=bool(learn_noise), n_sources=n_sources,
                            n_sensors=n_sensors, hidden=hidden,
                            embed_dim=embed_dim, n_heads=n_heads,
-                           rel_threshold=rel_threshold, noise_init=noise_init)
+                           rel_threshold=rel_threshold, noise_init=noise_init,
+                           features=check_features(features))
         self.model = model
         self.learn_noise = bool(learn_noise)
         self.rel_threshold = rel_threshold
@@ -194,13 +201,17 @@ class UnfoldedSBL(nn.Module):
         c = self.config
         if self.model == "cb":
             return None, None
+        f = c["features"]
         if self.model == "bias-cb":
-            return (BiasCorrection(c["n_sources"]),
-                    BiasCorrection(c["n_sensors"]) if self.learn_noise else None)
-        noise = MLPCorrection(c["hidden"]) if self.learn_noise else None
+            return (BiasCorrection(c["n_sources"], f),
+                    BiasCorrection(c["n_sensors"], f) if self.learn_noise
+                    else None)
+        noise = MLPCorrection(c["hidden"], features=f) if self.learn_noise \
+            else None
         if self.model == "deep-cb":
-            return MLPCorrection(c["hidden"]), noise
-        return AttentionCorrection(c["embed_dim"], c["n_heads"], c["hidden"]), noise
+            return MLPCorrection(c["hidden"], features=f), noise
+        return AttentionCorrection(c["embed_dim"], c["n_heads"], c["hidden"],
+                                   features=f), noise
 
     @property
     def n_layers(self):
@@ -243,11 +254,42 @@ class UnfoldedSBL(nn.Module):
                              "noise_var (learn_noise=False).")
         prob = prepare(L, Cy, noise_var, self.noise_init, null_space,
                        n_orient)
-        L_n, Cy_n, state, null = prob.L_n, prob.Cy_n, prob.state, prob.null_space
         K = (self.n_layers if n_layers is None
              else check_positive_int(n_layers, "n_layers"))
+        return self.run(prob, stop=K, return_trajectory=return_trajectory)
+
+    def run(self, prob, *, start=0, stop=None, return_trajectory=False):
+        """Run layers ``start .. stop - 1`` from the state held by ``prob``.
+
+        The building block of :meth:`forward` (which runs every layer from
+        the starting state of :func:`~mne_unfolded_sbl.core.solver.prepare`).
+        Training uses it to continue from a cached state: a progressive
+        phase that trains layer ``k`` needs only layer ``k``, not the frozen
+        prefix before it.
+
+        Parameters
+        ----------
+        prob : NormalizedProblem
+            The normalised problem; ``prob.state`` is the state *before*
+            layer ``start``.
+        start, stop : int
+            First layer and one past the last layer to run (``stop=None``:
+            all layers).
+        return_trajectory : bool
+            Keep per-layer normalised ``gamma``, ``lam``, corrections and
+            cost (indexed from ``start``).
+
+        Returns
+        -------
+        out : UnfoldedOutput
+        """
+        stop = self.n_layers if stop is None else int(stop)
+        if not 0 <= int(start) <= stop <= self.n_layers:
+            raise ValueError(f"Need 0 <= start <= stop <= {self.n_layers}, got "
+                             f"start={start}, stop={stop}.")
+        L_n, Cy_n, state, null = prob.L_n, prob.Cy_n, prob.state, prob.null_space
         trajectory = []
-        for layer in self.layers[:K]:
+        for layer in self.layers[int(start):stop]:
             if self.gradient_checkpointing and self.training:
                 state, sinfo, ninfo = self._checkpointed(
                     layer, L_n, Cy_n, state, null, return_trajectory, prob.Lt)

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from ._utils import _validate_type, check_positive_int, logger, warn
 from .network import MODEL_LABELS, MODELS, UnfoldedSBL
 
-__all__ = ["check_finite_parameters", "fetch_weights", "load_model",
+__all__ = ["check_finite_parameters", "check_training_domain", "fetch_weights", "load_model",
            "load_weights", "read_metadata", "register_weights", "registry",
            "registry_key", "resolve_model", "save_model", "sha256"]
 
@@ -122,7 +122,7 @@ def load_weights(fname):
     if not fname.is_file():
         raise FileNotFoundError(f"Weights file not found: {fname}")
     try:
-        config, _ = read_metadata(fname)
+        config, card = read_metadata(fname)
         state = load_file(str(fname))
     except Exception as err:  # safetensors raises its own error types
         if isinstance(err, ValueError) and "mne-unfolded-sbl" in str(err):
@@ -132,16 +132,23 @@ def load_weights(fname):
     net = _network_from_config(config, fname)
     _load_state(net, state, fname)
     check_finite_parameters(net, f"The weights file {fname}")
+    #: what the weights were trained on (see :func:`check_training_domain`)
+    net.training_domain = card.get("domain") if isinstance(card, dict) else None
     return net.to(torch.float64 if state and next(iter(state.values())).dtype
                   == torch.float64 else torch.float32)
 
 
 def _network_from_config(config, fname):
-    """``UnfoldedSBL(**config)`` with an error that names the file."""
+    """``UnfoldedSBL(**config)`` with an error that names the file.
+
+    Files written before the correction features were versioned use the
+    ``"absolute"`` features they were trained with.
+    """
     if not isinstance(config, dict):
         raise ValueError(f"The weights file {fname} has a config that is not "
                          f"a dict ({type(config).__name__}); it was not "
                          "written by mne_unfolded_sbl.core.weights.save_model.")
+    config = {"features": "absolute", **config}
     known = set(inspect.signature(UnfoldedSBL).parameters)
     unknown = sorted(set(config) - known)
     if unknown:
@@ -317,6 +324,53 @@ def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
     net = load_model(model, learn_noise=learn_noise, n_layers=n_layers)
     return net, (model if isinstance(model, str) and model in MODEL_LABELS
                  else net.model), None
+
+
+#: How far outside its training range a problem may be before a learned
+#: model warns: sensors and sources within these factors of the range.
+DOMAIN_SLACK = (0.75, 1.5)
+
+
+def check_training_domain(net, n_sensors, n_sources):
+    """Warn when a learned network meets a geometry far outside its training.
+
+    A learned correction is only known to be safe on data like those it
+    was trained on. The weights' model card records the numbers of sensors
+    and sources of its training lead fields (``domain``); a problem with
+    fewer than 0.75 times the smallest or more than 1.5 times the largest
+    count triggers a warning that names the classical solver as the safe
+    choice there.
+
+    Parameters
+    ----------
+    net : UnfoldedSBL
+    n_sensors, n_sources : int
+        Of the problem about to be solved (sources: variances, i.e. after
+        grouping orientations).
+
+    Returns
+    -------
+    message : str | None
+        The warning, or None when the problem is inside the domain (or the
+        network is classical or records no domain).
+    """
+    domain = getattr(net, "training_domain", None)
+    if net.model == "cb" or not domain:
+        return None
+    lo, hi = DOMAIN_SLACK
+    out = []
+    for what, n in (("sensors", n_sensors), ("sources", n_sources)):
+        a, b = domain.get(f"n_{what}", (None, None))
+        if a is not None and not lo * a <= int(n) <= hi * b:
+            out.append(f"{int(n)} {what} (trained on {a}-{b})")
+    if not out:
+        return None
+    msg = (f"The {MODEL_LABELS.get(net.model, net.model)} weights were trained "
+           f"on other geometries than this problem: {', '.join(out)}. A learned "
+           "correction is not known to help there and may hurt; the classical "
+           "solver (model='cb') is safe on any geometry.")
+    warn(msg)
+    return msg
 
 
 def sha256(fname):

@@ -52,33 +52,36 @@ def profile_steps(config, n_steps=3, phase=None):
     cfg = config.replace(out_dir=tempfile.mkdtemp(prefix="bench_"), progress=False)
     tr = Trainer(cfg)
     ph = tr.phases[-1] if phase is None else tr.phases[int(phase)]
-    tr._setup_phase(ph, fresh=False)
+    tr.setup_phase(ph, fresh=False)
     cuda = tr.device.type == "cuda"
     rss0 = _rss_mib()
-    tr._train_step(ph)  # warm-up
+    tr.train_step(ph)  # warm-up
     if cuda:
         torch.cuda.synchronize(tr.device)
         torch.cuda.reset_peak_memory_stats(tr.device)
     times, cpu = [], []
     for _ in range(int(n_steps)):
         t0, c0 = time.perf_counter(), time.process_time()
-        tr._train_step(ph)
+        tr.train_step(ph)
         if cuda:
             torch.cuda.synchronize(tr.device)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = torch.cuda.max_memory_allocated(tr.device) / 2**20 if cuda else \
         _peak_rss_mib()
-    return dict(s_per_step=statistics.median(times), steps=times,
+    s_step = statistics.median(times)
+    return dict(s_per_step=s_step, samples_per_min=60 * cfg.batch_size / s_step,
+                steps=times,
                 cpu_s_per_step=statistics.median(cpu), peak_mib=peak,
                 rss_before_mib=None if cuda else rss0, phase=ph.name,
+                data_mode=cfg.data_mode, model=cfg.model,
                 batch_size=cfg.batch_size, device=str(tr.device),
                 threads=torch.get_num_threads(),
                 gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def main(argv=None):
-    from .cli import _overrides
+    from .cli import overrides_from_args
     from .config import load_config
 
     p = argparse.ArgumentParser(prog="python -m mne_unfolded_sbl.training.bench")
@@ -91,7 +94,7 @@ def main(argv=None):
     p.add_argument("--no-checkpointing", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    over = _overrides(argparse.Namespace(
+    over = overrides_from_args(argparse.Namespace(
         set=args.set, device=None, max_minutes=None, threads=None,
         no_progress=False, out=None))
     if args.device:

@@ -43,7 +43,8 @@ def add_arguments(parser):
     return parser
 
 
-def _overrides(args):
+def overrides_from_args(args):
+    """Config overrides from the parsed ``--set``/``--device``/... options."""
     out = {}
     for item in args.set:
         if "=" not in item:
@@ -82,7 +83,7 @@ def run(args):
     """Execute ``train`` with parsed arguments; returns the exit status."""
     from .config import load_config
 
-    overrides = _overrides(args)
+    overrides = overrides_from_args(args)
     if args.config:
         config = load_config(args.config, **overrides)
     elif args.export_only and args.out:

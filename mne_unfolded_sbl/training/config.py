@@ -33,9 +33,12 @@ SECTIONS = {
     "optim": ("lr", "finetune_lr", "betas", "adam_eps", "grad_clip",
               "gradient_checkpointing"),
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
-                 "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers"),
+                 "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers",
+                 "harm_weight"),
     "data": ("train_leadfield", "val_leadfield", "montage", "spacing",
-             "conductivity", "val_conductivity", "bem_ico"),
+             "conductivity", "val_conductivity", "bem_ico", "data_mode",
+             "bank_size", "bank_shards", "bank_shard_weights",
+             "sim_conductivities"),
     "validation": ("val_size", "val_batch_size", "val_seed", "val_interval",
                    "val_metrics_size", "val_per_layer"),
     "run": ("seed", "device", "dtype", "out_dir", "checkpoint_interval",
@@ -73,8 +76,9 @@ class TrainConfig:
         only layer ``k`` for ``phase_steps`` steps, then all layers are
         fine-tuned for ``finetune_steps`` steps. ``lr_schedule`` ("constant"
         or "cosine" down to ``min_lr_ratio * lr``) applies within each phase.
-        Deep supervision: ``beta_ds`` and ``n_ds_layers`` (see
-        :mod:`mne_unfolded_sbl.training.loss`).
+        Deep supervision: ``beta_ds`` and ``n_ds_layers``; ``harm_weight``:
+        the do-no-harm hinge against classical convex bounding at the same
+        depth (bank training only; see :mod:`mne_unfolded_sbl.training.loss`).
     Data
         Lead fields from ``.npz`` files (``train_leadfield``,
         ``val_leadfield``, written by
@@ -82,6 +86,15 @@ class TrainConfig:
         computed with :func:`mne_unfolded_sbl.datasets.make_template_forward`
         from ``montage``, ``spacing``, ``bem_ico`` and ``conductivity``
         (training) / ``val_conductivity`` (validation, no inverse crime).
+        ``data_mode``: ``"stream"`` (a fresh simulated batch every step,
+        :mod:`~mne_unfolded_sbl.training.data`) or ``"bank"`` (a fixed set
+        of ``bank_size`` samples simulated once on the lead fields
+        ``bank_shards`` (``"montage/spacing"`` strings, empty: this
+        config's ``montage``/``spacing``) in proportion to
+        ``bank_shard_weights``, each simulated with one of
+        ``sim_conductivities`` (empty: ``val_conductivity``) and inverted
+        with ``conductivity``; progressive phases then run one layer per
+        step from cached states, :mod:`~mne_unfolded_sbl.training.bank`).
         ``simulation``: overrides of the
         :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` defaults; the
         resolved values are stored.
@@ -127,6 +140,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     beta_ds: float = 0.3
     n_ds_layers: int = 5
+    harm_weight: float = 0.0
     # data
     train_leadfield: str = ""
     val_leadfield: str = ""
@@ -135,6 +149,11 @@ class TrainConfig:
     conductivity: tuple = DEFAULT_CONDUCTIVITY
     val_conductivity: tuple = PERTURBED_CONDUCTIVITY
     bem_ico: int = 4
+    data_mode: str = "stream"
+    bank_size: int = 4096
+    bank_shards: tuple = ()
+    bank_shard_weights: tuple = ()
+    sim_conductivities: tuple = ()
     simulation: dict = field(default_factory=dict)
     # validation
     val_size: int = 1000
@@ -160,12 +179,37 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         self.conductivity = tuple(float(c) for c in self.conductivity)
         self.val_conductivity = tuple(float(c) for c in self.val_conductivity)
+        self.bank_shards = tuple(str(s) for s in self.bank_shards)
+        self.bank_shard_weights = tuple(float(w) for w in self.bank_shard_weights)
+        self.sim_conductivities = tuple(tuple(float(c) for c in cond)
+                                        for cond in self.sim_conductivities)
+        if self.data_mode not in ("stream", "bank"):
+            raise ValueError("data_mode must be 'stream' or 'bank', got "
+                             f"{self.data_mode!r}")
+        for s in self.bank_shards:
+            if s.count("/") != 1:
+                raise ValueError(f"bank_shards entries are 'montage/spacing' "
+                                 f"(e.g. 'train-64/ico3'), got {s!r}")
+        if self.bank_shard_weights and \
+                len(self.bank_shard_weights) != len(self.bank_shards):
+            raise ValueError("bank_shard_weights needs one weight per entry of "
+                             "bank_shards (or none: equal weights).")
+        if any(w <= 0 for w in self.bank_shard_weights):
+            raise ValueError("bank_shard_weights must be > 0.")
+        if any(len(c) != 3 for c in self.sim_conductivities):
+            raise ValueError("sim_conductivities holds (brain, skull, scalp) "
+                             "triples.")
+        if self.harm_weight < 0:
+            raise ValueError(f"harm_weight must be >= 0, got {self.harm_weight}")
+        if self.harm_weight > 0 and self.data_mode != "bank":
+            raise ValueError("harm_weight needs data_mode='bank' (the classical "
+                             "reference errors live in the bank).")
         if self.model not in TRAINABLE_MODELS:
             raise ValueError(f"model must be one of {TRAINABLE_MODELS}, got "
                              f"{self.model!r} (the classical 'cb' has nothing "
                              "to train).")
         for name in ("n_layers", "hidden", "embed_dim", "n_heads", "batch_size",
-                     "val_size", "val_batch_size"):
+                     "val_size", "val_batch_size", "bank_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_layers < 2:

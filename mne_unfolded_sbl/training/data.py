@@ -97,8 +97,6 @@ class SimulatedData:
 
     def __init__(self, config, train_lf, val_lf, device, dtype, rank=0,
                  world_size=1):
-        from ..core.simulator import EEGSimulator
-
         if config.batch_size % world_size:
             raise ValueError(f"batch_size={config.batch_size} must be divisible "
                              f"by the number of ranks ({world_size}).")
@@ -106,17 +104,35 @@ class SimulatedData:
         self.rank, self.world_size = int(rank), int(world_size)
         self.local_batch = config.batch_size // world_size
         self.device, self.dtype = torch.device(device), dtype
-        sim_cfg = config.simulation_config()
-        self.train_sim = EEGSimulator(train_lf.L, train_lf.pos, sim_cfg,
-                                      device=device, dtype=dtype, seed=0)
-        self.val_sim = EEGSimulator(val_lf.L, val_lf.pos, sim_cfg,
-                                    device=device, dtype=dtype, seed=0)
+        self._lfs = (train_lf, val_lf)
+        self._sims = None
         # the network always inverts with the training lead field (the
         # validation data come from the perturbed one: no inverse crime)
-        self.L = self.train_sim.L
+        self.L = torch.as_tensor(np.asarray(train_lf.L, np.float64)).to(
+            device=self.device, dtype=dtype)
         self.pos = np.asarray(train_lf.pos)
         #: sensor directions without data (average reference), or None
-        self.null_space = self.train_sim.null_space
+        self.null_space = config.simulation_config().null_space(
+            self.L.shape[0], self.device)
+
+    def _simulators(self):
+        # built on first use: a bank-mode run never streams
+        if self._sims is None:
+            sim_cfg = self.config.simulation_config()
+            self._sims = tuple(
+                EEGSimulator(lf.L, lf.pos, sim_cfg, device=self.device,
+                             dtype=self.dtype, seed=0) for lf in self._lfs)
+        return self._sims
+
+    @property
+    def train_sim(self):
+        """Simulator on the training lead field."""
+        return self._simulators()[0]
+
+    @property
+    def val_sim(self):
+        """Simulator on the validation (perturbed) lead field."""
+        return self._simulators()[1]
 
     def train_batch(self, phase, step, rank=None):
         """The batch of ``rank`` (default: this rank) at ``(phase, step)``."""
@@ -153,3 +169,35 @@ def _finish(sample, null_space=None):
     Y = sample["Y"]
     return dict(Y=Y, X=sample["X"], noise_var=sample["noise_var"],
                 Cy=covariance_statistic(Y), null_space=null_space)
+
+
+def bank_specs(config):
+    """The :class:`~.bank.ShardSpec` list of a bank config (needs MNE).
+
+    Every ``"montage/spacing"`` of ``config.bank_shards`` (default: the
+    config's own) gets the template forward at ``config.conductivity``
+    (inverse) and at each of ``config.sim_conductivities`` (simulation), the
+    mesh adjacency of its source space, and its weight.
+    """
+    import mne
+
+    from ..datasets import leadfield_from_forward, make_template_forward
+    from .bank import ShardSpec
+
+    shards = config.bank_shards or (f"{config.montage}/{config.spacing}",)
+    weights = config.bank_shard_weights or (1.0,) * len(shards)
+    conds = config.sim_conductivities or (config.val_conductivity,)
+    specs = []
+    for name, w in zip(shards, weights):
+        montage, spacing = name.split("/")
+
+        def fwd(cond):
+            return make_template_forward(montage, spacing, cond,
+                                         bem_ico=config.bem_ico, verbose=False)
+
+        f_inv = fwd(config.conductivity)
+        lf = leadfield_from_forward(f_inv)
+        sims = [leadfield_from_forward(fwd(c)).L for c in conds]
+        adjacency = mne.spatial_src_adjacency(f_inv["src"], verbose=False)
+        specs.append(ShardSpec(name, lf.L, sims, lf.pos, adjacency.tocsr(), w))
+    return specs

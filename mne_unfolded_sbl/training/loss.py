@@ -14,6 +14,14 @@ In a progressive phase that trains layer ``k``, the network runs layers
 ``0..k`` only and ``l_K`` is the loss after layer ``k``; the earlier layers
 are frozen, so a deep-supervision term on them would be a constant with no
 gradient and it is not computed there.
+
+**Do no harm.** With ``harm_weight = alpha > 0`` every supervised error
+``l`` (per sample) also pays ``alpha * relu(l - l_cb)``, where ``l_cb`` is
+the error of classical convex bounding at the same depth on the same sample
+(bank training, :mod:`.bank`). Where a correction cannot help a sample, the
+cheapest way to lower the loss is to leave the classical update alone; a
+correction that helps on average by hurting some samples (spurious sources
+on a single focal dipole, say) is penalised on exactly those samples.
 """
 
 import torch
@@ -49,7 +57,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, L, batch, n_layers, ds_layers=(), beta_ds=0.0):
+    def forward(self, L, batch, n_layers, ds_layers=(), beta_ds=0.0,
+                harm_weight=0.0):
         """Return ``(loss, l_final, l_ds)`` (the last two detached).
 
         Parameters
@@ -64,7 +73,12 @@ class LossModule(nn.Module):
         ds_layers : sequence of int
             Trajectory indices (< ``n_layers - 1``) of the deep supervision.
         beta_ds : float
+        harm_weight : float
+            Weight of the do-no-harm hinge (bank batches only).
         """
+        if batch.get("bank"):
+            return self._bank_loss(batch, n_layers, ds_layers, beta_ds,
+                                   harm_weight)
         net = self.net
         noise_var = None if net.learn_noise else batch["noise_var"]
         ds_layers = list(ds_layers) if beta_ds > 0 else []
@@ -79,4 +93,27 @@ class LossModule(nn.Module):
                 nmse(out.posterior_mean(batch["Y"], layer=k), batch["X"]).mean()
                 for k in ds_layers]).mean()
             loss = loss + beta_ds * l_ds
+        return loss, l_final.detach(), l_ds.detach()
+
+    def _bank_loss(self, batch, n_layers, ds_layers, beta_ds, harm_weight):
+        shard, idx, start = batch["shard"], batch["idx"], batch["start"]
+        ds_layers = [k for k in ds_layers if k >= start] if beta_ds > 0 else []
+        out = self.net.run(batch["problem"], start=start, stop=n_layers,
+                           return_trajectory=bool(ds_layers))
+
+        def term(gamma, lam, layer):
+            err = shard.nmse(idx, gamma, lam)
+            harm = torch.relu(err - shard.l_ref[idx, layer])
+            return err.mean(), harm.mean()
+
+        l_final, h_final = term(out.gamma_n, out.lam_n, n_layers - 1)
+        loss = l_final + harm_weight * h_final
+        l_ds = torch.zeros((), dtype=torch.float64, device=l_final.device)
+        if ds_layers:
+            terms = [term(out.trajectory[k - start]["gamma"],
+                          out.trajectory[k - start]["lam"], k)
+                     for k in ds_layers]
+            l_ds = torch.stack([t[0] for t in terms]).mean()
+            h_ds = torch.stack([t[1] for t in terms]).mean()
+            loss = loss + beta_ds * (l_ds + harm_weight * h_ds)
         return loss, l_final.detach(), l_ds.detach()

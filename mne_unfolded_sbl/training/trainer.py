@@ -110,6 +110,9 @@ class Trainer:
         :func:`~mne_unfolded_sbl.training.data.load_leadfields`.
     dist_info : DistInfo | None
         Data-parallel group; default from the ``torchrun`` environment.
+    bank_specs : list of ShardSpec | None
+        Lead fields of a bank-mode run (``data_mode="bank"``); default
+        :func:`~mne_unfolded_sbl.training.data.bank_specs` (needs MNE).
 
     Attributes
     ----------
@@ -121,7 +124,7 @@ class Trainer:
     """
 
     def __init__(self, config, *, out_dir=None, resume=False, leadfields=None,
-                 dist_info=None):
+                 dist_info=None, bank_specs=None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config)}")
         self.out_dir = Path(out_dir if out_dir is not None else config.out_dir)
@@ -182,6 +185,8 @@ class Trainer:
         self._neighbors = None
         self._stop_signal = False
         self._run_start = None
+        self.bank = self.val_bank = None  # built on first use (bank mode)
+        self._bank_specs = bank_specs
         self.log_path = self.out_dir / config.log_file
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +216,7 @@ class Trainer:
     def complete(self):
         return self.phase_index >= len(self.phases)
 
-    def _setup_phase(self, ph, fresh):
+    def setup_phase(self, ph, fresh):
         """Freeze/unfreeze, copy layer ``k-1`` into ``k``, new optimiser/DDP."""
         net = self.net
         for p in net.parameters():
@@ -224,12 +229,82 @@ class Trainer:
             for p in layer.parameters():
                 p.requires_grad_(True)
         self._params = [p for p in net.parameters() if p.requires_grad]
+        if self.config.data_mode == "bank":
+            self._ensure_banks()
+            self.bank.move_to(net, self._bank_start(ph))
         cfg = self.config
         self.optimizer = torch.optim.Adam(self._params, lr=ph.lr,
                                           betas=cfg.betas, eps=cfg.adam_eps)
         self._wrapped = None
         gc.collect()  # drop the previous phase's DDP reducer and its hooks
         self._wrapped = ddp.wrap(self.loss_module, self.dist, self.device)
+
+    def _bank_start(self, ph):
+        """The layer a phase starts from (its cached states stand before it)."""
+        return ph.layer if ph.layer is not None else 0
+
+    def _ensure_banks(self):
+        """Build the training and validation banks (bank mode, once)."""
+        if self.bank is not None:
+            return
+        from .bank import SampleBank
+        from .data import bank_specs
+
+        cfg = self.config
+        specs = self._bank_specs if self._bank_specs is not None else \
+            bank_specs(cfg)
+        net_kw = dict(n_layers=cfg.n_layers, learn_noise=cfg.learn_noise,
+                      noise_init=cfg.noise_init)
+        sim = cfg.simulation_config()
+        t0 = time.monotonic()
+        banks = []
+        for size, seed in ((cfg.bank_size, cfg.seed), (cfg.val_size, cfg.val_seed)):
+            fname = self._bank_cache(size, seed)
+            bank = None
+            if fname is not None and fname.is_file():
+                try:
+                    bank = SampleBank.load(fname, specs, size, sim, seed, net_kw,
+                                           self.device, self.dtype)
+                except (ValueError, OSError, RuntimeError, KeyError) as err:
+                    logger.info(f"Rebuilding the bank {fname}: {err}")
+            if bank is None:
+                bank = SampleBank(specs, size, sim, seed, net_kw, self.device,
+                                  self.dtype)
+                if fname is not None:
+                    fname.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = fname.with_suffix(".tmp")
+                    bank.save(tmp)
+                    tmp.replace(fname)
+            banks.append(bank)
+        self.bank, self.val_bank = banks
+        self._log(dict(event="bank", size=self.bank.size,
+                       val_size=self.val_bank.size,
+                       shards={s.name: s.n for s in self.bank.shards},
+                       build_s=round(time.monotonic() - t0, 2)))
+
+    def _bank_cache(self, size, seed):
+        """Cache file of a bank built from the template lead fields, or None.
+
+        Runs that share the data, simulation, seed, depth and noise setting
+        (e.g. Deep CB and Deep Attn CB) share the bank. Banks built from
+        lead fields given as arrays are not cached.
+        """
+        if self._bank_specs is not None:
+            return None
+        import hashlib
+
+        from ..datasets import cache_dir
+        from .bank import BANK_FORMAT
+
+        cfg = self.config.to_dict()
+        keys = ("montage", "spacing", "conductivity", "val_conductivity",
+                "bem_ico", "bank_shards", "bank_shard_weights",
+                "sim_conductivities", "simulation", "n_layers", "learn_noise",
+                "noise_init", "dtype")
+        blob = json.dumps([BANK_FORMAT, size, seed, __version__,
+                           {k: cfg[k] for k in keys}], sort_keys=True)
+        h = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return Path(cache_dir()) / "banks" / f"bank-{h}.pt"
 
     def _lr(self, ph, step):
         if self.config.lr_schedule == "constant" or ph.steps <= 1:
@@ -253,16 +328,21 @@ class Trainer:
         ``(loss, l_final, l_ds)``.
         """
         if batch is None:
-            batch = self.data.train_batch(ph.index, step)
+            batch = (self.bank.batch(ph.index, step, self.data.local_batch)
+                     if self.bank is not None
+                     else self.data.train_batch(ph.index, step))
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         module = self._wrapped if self._wrapped is not None else self.loss_module
         loss, l_final, l_ds = module(self.data.L, batch, ph.n_layers,
-                                     self.ds_layers(ph, step), self.config.beta_ds)
+                                     self.ds_layers(ph, step), self.config.beta_ds,
+                                     self.config.harm_weight)
         loss.backward()
         return loss.detach(), l_final, l_ds
 
-    def _train_step(self, ph):
+    def train_step(self, ph):
+        """One optimiser step of phase ``ph`` (after :meth:`setup_phase`);
+        returns the learning rate used."""
         lr = self._lr(ph, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -303,7 +383,7 @@ class Trainer:
             while not self.complete:
                 ph = self.phase
                 if self.step == 0 or self.optimizer is None:
-                    self._setup_phase(ph, fresh=self.step == 0)
+                    self.setup_phase(ph, fresh=self.step == 0)
                 elif self._wrapped is None:  # after close()
                     self._wrapped = ddp.wrap(self.loss_module, self.dist,
                                              self.device)
@@ -313,7 +393,7 @@ class Trainer:
                 try:
                     while self.step < ph.steps:
                         t0 = time.monotonic()
-                        lr = self._train_step(ph)
+                        lr = self.train_step(ph)
                         self._last_step_s = time.monotonic() - t0
                         bar.update(1)
                         if (self.step % cfg.log_interval == 0
@@ -430,6 +510,8 @@ class Trainer:
         metrics on the first ``val_metrics_size`` samples.
         """
         ph = self.phase if ph is None else ph
+        if self.config.data_mode == "bank":
+            return self._validate_bank(ph)
         cfg, net = self.config, self.net
         was_training = net.training
         net.eval()
@@ -464,6 +546,36 @@ class Trainer:
         net.train(was_training)
         return rec
 
+    @torch.no_grad()
+    def _validate_bank(self, ph):
+        """Validation on the fixed validation bank (normalised errors only).
+
+        ``val_loss`` is the mean error after the phase's last layer,
+        ``val_ref`` that of classical convex bounding at the same depth on
+        the same samples, ``val_harm`` the fraction of samples where the
+        network is more than 1 % worse, and ``val_shards`` both means per
+        lead field.
+        """
+        self._ensure_banks()
+        net = self.net
+        was_training = net.training
+        net.eval()
+        stop = ph.n_layers if ph is not None else net.n_layers
+        self.val_bank.move_to(net, self._bank_start(ph) if ph else 0)
+        res = self.val_bank.evaluate(net, stop)
+        err = np.concatenate([r["nmse"] for r in res.values()])
+        ref = np.concatenate([r["ref"] for r in res.values()])
+        rec = dict(event="val", **self._where(), val_loss=float(err.mean()),
+                   val_ref=float(ref.mean()),
+                   val_harm=float((err > 1.01 * ref).mean()),
+                   val_shards={k: [float(r["nmse"].mean()), float(r["ref"].mean())]
+                               for k, r in res.items()})
+        rec["val_loss_final"] = rec["val_loss"] if stop == net.n_layers else None
+        rec["val_ref_final"] = float(np.concatenate(
+            [s.l_ref[:, -1].cpu().numpy() for s in self.val_bank.shards]).mean())
+        net.train(was_training)
+        return rec
+
     def _metrics(self, X, Xe):
         if self._neighbors is None:
             self._neighbors = metrics.source_neighbors(self.data.pos)
@@ -481,6 +593,8 @@ class Trainer:
             if initial:
                 rec["initial"] = True
                 self.initial_val_loss = rec["val_loss_final"]
+                if self.initial_val_loss is None:  # bank: classical, full depth
+                    self.initial_val_loss = rec["val_ref_final"]
             self.last_val = rec
             self._log(rec)
         ddp.barrier(self.dist)
@@ -505,6 +619,7 @@ class Trainer:
             initial_val_loss=self.initial_val_loss,
             last_val=json.dumps(self.last_val),
             torch_version=str(torch.__version__),
+            domain=json.dumps(self.training_domain()),
         )
 
     def save_checkpoint(self, fname=None):
@@ -527,9 +642,11 @@ class Trainer:
         self._accum_n = int(ckpt["accum_n"])
         self.initial_val_loss = ckpt["initial_val_loss"]
         self.last_val = json.loads(ckpt["last_val"])
+        if "domain" in ckpt:
+            self._domain = json.loads(ckpt["domain"])
         set_rng_state(ckpt["rng"])
         if self.step > 0 and not self.complete:
-            self._setup_phase(self.phase, fresh=False)
+            self.setup_phase(self.phase, fresh=False)
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.dist.is_main and self.log_path.is_file():
             with open(self.log_path, "r+b") as f:  # drop records after it
@@ -552,9 +669,27 @@ class Trainer:
             device=_device_name(self.device), world_size=self.dist.world_size,
             torch_version=str(torch.__version__), package_version=__version__,
             n_sensors=self.n_sensors, n_sources=self.n_sources,
+            domain=self.training_domain(),
             leadfield=self.leadfield_desc, final_validation=self.last_val,
             initial_val_loss=self.initial_val_loss,
         )
+
+    def training_domain(self):
+        """Sensor and source counts of the training lead fields (a dict).
+
+        Stored in the weights' card, read by
+        :func:`~mne_unfolded_sbl.core.weights.check_training_domain`.
+        """
+        if self.bank is None and getattr(self, "_domain", None):
+            return self._domain  # restored from the checkpoint
+        if self.bank is not None:
+            Ms = [s.L_n.shape[0] for s in self.bank.shards]
+            Ns = [s.L_n.shape[1] for s in self.bank.shards]
+            shards = [s.name for s in self.bank.shards]
+        else:
+            Ms, Ns, shards = [self.n_sensors], [self.n_sources], []
+        return dict(n_sensors=[min(Ms), max(Ms)], n_sources=[min(Ns), max(Ns)],
+                    shards=shards)
 
     def export(self, fname=None):
         """Write the weights (:func:`~mne_unfolded_sbl.core.weights.save_model`)

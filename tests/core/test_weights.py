@@ -111,3 +111,40 @@ def test_check_finite_parameters():
     with pytest.raises(ValueError, match=r"The network has non-finite.*"
                                          r"layers\.0\.noise_correction"):
         check_finite_parameters(net)
+
+
+def test_feature_sets_are_versioned_with_the_weights(tmp_path):
+    """Files without ``features`` (the first bundled weights) keep the
+    absolute features they were trained with; new networks use and store
+    the relative ones, and the two give different corrections."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from mne_unfolded_sbl.core.corrections import FEATURE_SETS
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.weights import read_metadata, save_model
+
+    assert load_model("deep-cb", learn_noise=True).config["features"] == "absolute"
+    net = UnfoldedSBL(3, "deep-cb", True)
+    assert net.config["features"] == "relative"
+    fname = save_model(net, tmp_path / "new.safetensors")
+    assert read_metadata(fname)[0]["features"] == "relative"
+    assert load_weights(fname).config["features"] == "relative"
+    # a file written before the versioning: config without "features"
+    config, card = read_metadata(fname)
+    del config["features"]
+    save_file(load_file(str(fname)), str(tmp_path / "old.safetensors"),
+              metadata={"config": json.dumps(config), "card": json.dumps(card)})
+    assert load_weights(tmp_path / "old.safetensors").config["features"] == "absolute"
+    s, q, g = torch.randn(3, 2, 50).unbind(0)
+    za = FEATURE_SETS["absolute"][0](s, q, g)
+    zr = FEATURE_SETS["relative"][0](s, q, g)
+    assert za.shape == zr.shape and not torch.allclose(za, zr)
+    # relative features: differences within a sample (a common shift of the
+    # numerators, denominators and states of all sources changes none but
+    # the step feature)
+    shifted = FEATURE_SETS["relative"][0](s + 3, q + 3, g + 3)
+    torch.testing.assert_close(shifted[..., [0, 1, 3, 4]], zr[..., [0, 1, 3, 4]])
+    with pytest.raises(ValueError, match="features must be one of"):
+        UnfoldedSBL(3, "deep-cb", True, features="raw")

@@ -120,7 +120,7 @@ def test_progressive_freezing(leadfield_files, tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after0[k])}
     assert changed and all(k.startswith("layers.0.") for k in changed)
     # phase 1 starts with layer 1 as a copy of layer 0
-    tr._setup_phase(tr.phase, fresh=True)
+    tr.setup_phase(tr.phase, fresh=True)
     for k, v in tr.net.layers[1].state_dict().items():
         assert torch.equal(v, tr.net.layers[0].state_dict()[k])
     copied = _params(tr.net)
@@ -237,7 +237,7 @@ def _ddp_worker(rank, world, port, cfg_dict, state_file, out_dir):
         tr.net.load_state_dict(torch.load(state_file))
         grads = {}
         for ph in (tr.phases[1], tr.phases[-1]):  # progressive (frozen) + joint
-            tr._setup_phase(ph, fresh=False)
+            tr.setup_phase(ph, fresh=False)
             loss, _, _ = tr.backward_step(ph, step=0)
             grads[ph.name] = {k: p.grad.clone() for k, p in
                               tr.net.named_parameters() if p.grad is not None}
@@ -280,7 +280,7 @@ def test_ddp_gradients_match_single_process(leadfield_files, tmp_path):
         assert not torch.equal(parts[0]["Y"], parts[1]["Y"])  # own shards
         batch = {k: torch.cat([p[k] for p in parts]) if torch.is_tensor(v) else v
                  for k, v in parts[0].items()}
-        tr._setup_phase(ph, fresh=False)
+        tr.setup_phase(ph, fresh=False)
         tr.backward_step(ph, step=0, batch=batch)
         ref[ph.name] = {k: p.grad.clone() for k, p in tr.net.named_parameters()
                         if p.grad is not None}

@@ -1,0 +1,187 @@
+"""Bank training: statistics-based loss, cached prefix states, do-no-harm hinge."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mne_unfolded_sbl.core.network import UnfoldedSBL, classical_network
+from mne_unfolded_sbl.core.simulator import EEGSimulator, SimulationConfig
+from mne_unfolded_sbl.core.solver import covariance_statistic
+from mne_unfolded_sbl.training.bank import (SampleBank, ShardSpec, lowrank_cross,
+                                            nmse_from_stats, nmse_lowrank)
+from mne_unfolded_sbl.training.config import load_config
+from mne_unfolded_sbl.training.loss import nmse
+from mne_unfolded_sbl.training.trainer import Trainer
+
+from pathlib import Path
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.toml"
+
+
+def _sphere(n, radius, center):
+    i = np.arange(n) + 0.5
+    phi = np.arccos(1 - 2 * i / n)
+    theta = np.pi * (1 + 5**0.5) * i
+    xyz = np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi),
+                np.cos(phi)]
+    return radius * xyz + np.asarray(center)
+
+
+def _spec(name="toy", M=20, seed=0, weight=1.0):
+    rng = np.random.default_rng(seed)
+    pos = np.concatenate([_sphere(60, 0.03, (-0.035, 0, 0.02)),
+                          _sphere(60, 0.03, (0.035, 0, 0.02))])
+    L = rng.standard_normal((M, pos.shape[0]))
+    L -= L.mean(0)
+    sim = 0.9 * L + 0.05 * rng.standard_normal(L.shape)
+    sim -= sim.mean(0)
+    return ShardSpec(name, L, [L, sim], pos, None, weight)
+
+
+SIM = SimulationConfig(n_sources=(1, 4), n_times=30, snr_db=(0.0, 20.0))
+NET = dict(n_layers=4, learn_noise=True, noise_init=0.1)
+
+
+def _perturbed(net, scale=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
+def test_nmse_from_stats_matches_posterior_mean():
+    """The T-free loss equals the error of the posterior mean on Y."""
+    spec = _spec()
+    L = torch.as_tensor(spec.L_inv)
+    sim = EEGSimulator(spec.L_sims[1], spec.pos, SIM, dtype=torch.float64, seed=1)
+    s = sim.sample(6, seed=3)
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    with torch.no_grad():
+        out = net(L, covariance_statistic(s["Y"]), null_space=sim.null_space)
+        direct = nmse(out.posterior_mean(s["Y"]), s["X"])
+    yn = out.y_scale[:, None, None]
+    Yn, Xn = s["Y"] / yn, s["X"] * out.l_scale / yn
+    T = s["Y"].shape[-1]
+    from mne_unfolded_sbl.core.solver import posterior_kernel
+
+    with torch.no_grad():
+        K = posterior_kernel(out.L_n, out.gamma_n, out.lam_n, out.null_space)
+    stats = nmse_from_stats(K, out.Cy_n, Xn @ Yn.transpose(1, 2) / T,
+                            Xn.square().sum((1, 2)) / T)
+    np.testing.assert_allclose(stats.numpy(), direct.numpy(), rtol=1e-9)
+    # the low-rank form (what the bank stores) gives the same errors
+    F, A = lowrank_cross(Xn, Yn, SIM.n_sources[1])
+    np.testing.assert_allclose((F @ A).numpy(),
+                               (Xn @ Yn.transpose(1, 2) / T).numpy(),
+                               rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        low = nmse_lowrank(out.L_n, out.L_n.T.contiguous(), out.gamma_n,
+                           out.lam_n, out.null_space, out.Cy_n, F, A,
+                           Xn.square().sum((1, 2)) / T)
+    np.testing.assert_allclose(low.numpy(), direct.numpy(), rtol=1e-8)
+
+
+def test_bank_reference_is_classical_and_advance_equals_full_run():
+    """l_ref is classical CB per layer; cached prefixes equal a full run."""
+    bank = SampleBank([_spec(), _spec("b", M=16, seed=1, weight=0.5)], 24, SIM,
+                      0, NET, "cpu", torch.float64)
+    assert [s.n for s in bank.shards] == [16, 8]
+    shard = bank.shards[0]
+    idx = torch.arange(shard.n)
+    # the reference after layer k is classical CB run for k + 1 iterations
+    cb = classical_network(4, True)
+    out = cb.run(shard.problem(idx), stop=2)
+    np.testing.assert_allclose(shard.nmse(idx, out.gamma_n, out.lam_n).numpy(),
+                               shard.l_ref[:, 1].numpy(), rtol=1e-10)
+    # a network's cached prefix after 2 layers, then 2 more, is the full run
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    with torch.no_grad():
+        full = net.run(shard.problem(idx))
+        bank.move_to(net, 2)
+        assert bank.position == 2
+        rest = net.run(shard.problem(idx), start=2)
+    np.testing.assert_allclose(rest.gamma_n.numpy(), full.gamma_n.numpy(),
+                               rtol=1e-9)
+    bank.move_to(net, 0)  # back to the start
+    np.testing.assert_allclose(shard.problem(idx).state.gamma.numpy(),
+                               shard.initial_state(idx)[0].numpy())
+    # draws are seeded and follow the shard weights
+    a, b = bank.draw(3, 5, 8), bank.draw(3, 5, 8)
+    assert a[0] is b[0] and torch.equal(a[1], b[1])
+
+
+def _bank_config(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path / "run"), progress=False, n_layers=3,
+                phase_steps=3, finetune_steps=2, batch_size=8, val_size=16,
+                log_interval=1, num_threads=1, data_mode="bank",
+                bank_size=32, harm_weight=2.0, beta_ds=0.3,
+                simulation=dict(n_sources=[1, 4], n_times=30))
+    base.update(kw)
+    return load_config(TINY, **base)
+
+
+def test_bank_training_runs_resumes_and_logs_reference(tmp_path, monkeypatch):
+    """A bank run trains every phase, logs CB's reference and resumes exactly."""
+    specs = [_spec(), _spec("b", M=16, seed=1)]
+    lfs = _leadfields(specs[0])
+    cfg = _bank_config(tmp_path)
+    tr = Trainer(cfg, leadfields=lfs, bank_specs=specs)
+    assert tr.run() == "finished"
+    recs = [json.loads(x) for x in (tmp_path / "run" / cfg.log_file)
+            .read_text().splitlines()]
+    vals = [r for r in recs if r["event"] == "val"]
+    first = vals[0]
+    # before training the network is classical: its error is the reference
+    assert first["val_loss"] == pytest.approx(first["val_ref"], rel=1e-6)
+    assert set(first["val_shards"]) == {"toy", "b"}
+    assert vals[-1]["val_loss_final"] is not None
+    # resume: stop after the first phase, continue, same final weights
+    cfg2 = _bank_config(tmp_path, out_dir=str(tmp_path / "run2"))
+    t2 = Trainer(cfg2, leadfields=lfs, bank_specs=specs)
+    assert t2.run(stop_after_phase=0) == "stopped"
+    t3 = Trainer(cfg2, resume=True, leadfields=lfs, bank_specs=specs)
+    assert t3.run() == "finished"
+    for (k, v), (k2, v2) in zip(tr.net.state_dict().items(),
+                                t3.net.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=1e-5, atol=1e-7)
+
+
+def _leadfields(spec):
+    from mne_unfolded_sbl.core.leadfield import LeadField
+
+    names = [f"E{i}" for i in range(spec.L_inv.shape[0])]
+    return (LeadField(spec.L_inv, spec.pos, names),
+            LeadField(spec.L_sims[1], spec.pos, names))
+
+
+def test_bank_config_errors():
+    with pytest.raises(ValueError, match="montage/spacing"):
+        load_config(TINY, data_mode="bank", bank_shards=["train-64"])
+    with pytest.raises(ValueError, match="harm_weight needs"):
+        load_config(TINY, harm_weight=1.0)
+    with pytest.raises(ValueError, match="one weight per entry"):
+        load_config(TINY, data_mode="bank", bank_shards=["a/ico3", "b/ico3"],
+                    bank_shard_weights=[1.0])
+    with pytest.raises(ValueError, match="data_mode"):
+        load_config(TINY, data_mode="cache")
+
+
+def test_bank_save_load_roundtrip(tmp_path):
+    specs = [_spec(), _spec("b", M=16, seed=1, weight=0.5)]
+    bank = SampleBank(specs, 12, SIM, 0, NET, "cpu", torch.float64)
+    bank.save(tmp_path / "bank.pt")
+    back = SampleBank.load(tmp_path / "bank.pt", specs, 12, SIM, 0, NET, "cpu",
+                           torch.float64)
+    for a, b in zip(bank.shards, back.shards):
+        assert a.n == b.n and a.name == b.name
+        torch.testing.assert_close(a.l_ref, b.l_ref)
+        idx = torch.arange(a.n)
+        torch.testing.assert_close(a.nmse(idx, a.gamma, a.lam),
+                                   b.nmse(idx, b.gamma, b.lam))
+    with pytest.raises(ValueError, match="not a bank of this layout"):
+        SampleBank.load(tmp_path / "bank.pt", specs[:1], 12, SIM, 0, NET, "cpu",
+                        torch.float64)
