@@ -115,3 +115,13 @@ def posterior_covariance_numpy(L, gamma, lam):
     G = np.diag(gamma)
     W = np.linalg.inv(np.diag(lam) + L @ G @ L.T)
     return G - G @ L.T @ W @ L @ G
+
+
+def fibonacci_sphere(n, radius, center):
+    """``n`` points spread evenly on a sphere (a toy source space)."""
+    i = np.arange(n) + 0.5
+    phi = np.arccos(1 - 2 * i / n)
+    theta = np.pi * (1 + 5**0.5) * i
+    xyz = np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi),
+                np.cos(phi)]
+    return radius * xyz + np.asarray(center)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from reference import fibonacci_sphere
 
 from mne_unfolded_sbl.core.network import UnfoldedSBL, classical_network
 from mne_unfolded_sbl.core.simulator import EEGSimulator, SimulationConfig
@@ -20,13 +21,7 @@ from pathlib import Path
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.toml"
 
 
-def _sphere(n, radius, center):
-    i = np.arange(n) + 0.5
-    phi = np.arccos(1 - 2 * i / n)
-    theta = np.pi * (1 + 5**0.5) * i
-    xyz = np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi),
-                np.cos(phi)]
-    return radius * xyz + np.asarray(center)
+_sphere = fibonacci_sphere
 
 
 def _spec(name="toy", M=20, seed=0, weight=1.0):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import fibonacci_sphere
 
 from mne_unfolded_sbl.core.leadfield import read_leadfield_npz
 from mne_unfolded_sbl.training import (EXIT_STOPPED, TrainConfig, Trainer,
@@ -23,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.toml"
 
 
-def _sphere(n, radius, center):
-    i = np.arange(n) + 0.5
-    phi = np.arccos(1 - 2 * i / n)
-    theta = np.pi * (1 + 5**0.5) * i
-    xyz = np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi),
-                np.cos(phi)]
-    return radius * xyz + np.asarray(center)
+_sphere = fibonacci_sphere
 
 
 @pytest.fixture(scope="module")
