@@ -154,3 +154,22 @@ def test_value_and_time_labels(train_fwd, subjects_dir):
     plt.close(fig)
     with pytest.raises(TypeError, match="time_label"):
         plot_source_estimate(stc, subjects_dir, time_label=3)
+
+
+def test_noise_scatter_title_without_spread_in_the_truth():
+    """Equal true noise on every channel: no (undefined) correlation is
+    shown, the median ratio is."""
+    from mne_unfolded_sbl.viz.figures import plot_noise_topomap
+
+    info = mne.create_info([f"EEG{i:03d}" for i in range(1, 33)], 100.0, "eeg")
+    montage = mne.channels.make_standard_montage("biosemi32")
+    montage.rename_channels(dict(zip(montage.ch_names, info.ch_names)))
+    info.set_montage(montage, verbose=False)
+    rng = np.random.default_rng(0)
+    learned = 1e-6 * (1 + 0.1 * rng.standard_normal(32))
+    fig = plot_noise_topomap(info, learned, std_true=np.full(32, 1e-6))
+    title = [a.get_title() for a in fig.axes if "learned vs true" in a.get_title()][0]
+    assert "equal on all channels" in title and "r =" not in title
+    fig2 = plot_noise_topomap(info, learned, std_true=learned * 1.1)
+    assert any("r = 1.00" in a.get_title() for a in fig2.axes)
+    matplotlib.pyplot.close("all")

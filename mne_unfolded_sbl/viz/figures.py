@@ -320,9 +320,20 @@ def plot_noise_topomap(info, std, *, title="Learned noise std per channel",
         ax.set_ylim(lim)
         ax.set_xlabel(f"true noise std ({unit})")
         ax.set_ylabel(f"learned noise std ({unit})")
-        r = np.corrcoef(std_true, std)[0, 1] if len(std) > 2 else np.nan
-        ax.set_title(f"learned vs true (r = {r:.2f})", fontsize=9)
+        ax.set_title(_agreement_title(std_true, std), fontsize=9)
     return fig
+
+
+def _agreement_title(std_true, std):
+    """Title of the learned-vs-true scatter: the correlation, or, when the
+    true noise is the same on every channel (a correlation is undefined
+    then), the median ratio learned / true."""
+    mean = max(float(np.mean(std_true)), np.finfo(float).tiny)
+    if len(std) < 3 or np.ptp(std_true) <= 1e-3 * mean:
+        ratio = float(np.median(np.asarray(std) / mean))
+        return (f"learned vs true (true noise equal on all channels; "
+                f"median learned / true = {ratio:.2f})")
+    return f"learned vs true (r = {np.corrcoef(std_true, std)[0, 1]:.2f})"
 
 
 def plot_noisiest_channels(ch_names, std, *, n=15, unit="µV",
