@@ -17,22 +17,23 @@ from other processes hits them alike) and the load average. GPU batched
 epochs: ``--epochs-device cuda`` times ``apply_unfolded_sbl_epochs`` on a
 GPU when one is present.
 
-Before/after in one run: ``--baseline-rev REV`` also times the solver core
-and the API module (``core/solver.py``, ``inverse.py``) as they are at the
-git revision ``REV`` (the rest of the package as checked out), with the
-same network weights, interleaved with the current code::
+Before/after in one run: ``--baseline-rev REV`` also times the package as
+it is at the git revision ``REV`` (all of ``mne_unfolded_sbl/``, imported
+under another name from a ``git archive`` copy; the same bundled network
+weights), interleaved with the current code::
 
     python benchmarks/bench_latency.py --repeats 21 --baseline-rev HEAD
 """
 
 import argparse
-import contextlib
-import importlib.util
+import importlib
+import io
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -62,52 +63,31 @@ def _time_interleaved(fns, repeats, pause=0.0, clock=time.perf_counter):
     return out
 
 
-_SOLVER_NAMES = ("CBState", "cb_iteration", "model_covariance",
-                 "posterior_kernel", "posterior_mean", "posterior_variance",
-                 "precision", "prepare", "type2_cost")
-
-
 def load_baseline(rev):
-    """``apply_unfolded_sbl`` of ``inverse.py`` and ``core/solver.py`` at git
-    revision ``rev``, as a context manager factory and the function."""
+    """``apply_unfolded_sbl`` and ``make_unfolded_sbl_operator`` of the
+    package as it is at git revision ``rev``.
+
+    The package directory of ``rev`` (``git archive``) is imported under
+    another name from a temporary directory: every module of the old
+    version (solver, network, corrections, API and its caches) runs, with
+    the bundled weights of the installed package (``pretrained_weights``
+    is imported by its absolute name).
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "archive", rev, "mne_unfolded_sbl"],
+                             cwd=root, check=True, capture_output=True).stdout
     tmp = tempfile.mkdtemp(prefix="baseline_")
-    mods = {}
-    for name, path in (("solver", "mne_unfolded_sbl/core/solver.py"),
-                       ("inverse", "mne_unfolded_sbl/inverse.py")):
-        text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root,
-                              check=True, capture_output=True,
-                              text=True).stdout
-        if name == "inverse":  # its relative imports resolve in the package
-            text = text.replace("from .core.solver import",
-                                "from ._baseline_solver import")
-        fname = os.path.join(tmp, f"{name}.py")
-        with open(fname, "w") as f:
-            f.write(text)
-        full = f"mne_unfolded_sbl._baseline_{name}"
-        spec = importlib.util.spec_from_file_location(full, fname)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[full] = mod
-        spec.loader.exec_module(mod)
-        mods[name] = mod
-    from mne_unfolded_sbl import inverse
-    from mne_unfolded_sbl.core import network
-
-    # operators made by the current code count as operators there too
-    mods["inverse"].UnfoldedSBLOperator = inverse.UnfoldedSBLOperator
-
-    @contextlib.contextmanager
-    def use():
-        saved = {k: getattr(network, k) for k in _SOLVER_NAMES}
-        for k in _SOLVER_NAMES:
-            setattr(network, k, getattr(mods["solver"], k))
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                setattr(network, k, v)
-
-    return use, mods["inverse"].apply_unfolded_sbl
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp, **kwargs)
+    name = "_baseline_mne_unfolded_sbl"
+    os.rename(os.path.join(tmp, "mne_unfolded_sbl"), os.path.join(tmp, name))
+    sys.path.insert(0, tmp)
+    try:
+        pkg = importlib.import_module(name)
+        return pkg.apply_unfolded_sbl, pkg.make_unfolded_sbl_operator
+    finally:
+        sys.path.remove(tmp)
 
 
 def _fmt(ts):
@@ -133,7 +113,7 @@ def main(argv=None):
                    "one thread (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), "
                    "close to the wall time of one idle core")
     p.add_argument("--baseline-rev", metavar="REV",
-                   help="also time solver.py and inverse.py of this git "
+                   help="also time the package as it is at this git "
                    "revision (e.g. HEAD), interleaved")
     p.add_argument("--out", help="write the table to this Markdown file")
     args = p.parse_args(argv)
@@ -150,17 +130,14 @@ def main(argv=None):
     load0 = os.getloadavg()
     models = list(args.models)
     if baseline is not None:
-        use_baseline, apply_baseline = baseline
+        apply_baseline, make_baseline_operator = baseline
+        op_baseline = make_baseline_operator(evoked_full.info, fwd, cov)
         models = [f"{m} ({args.baseline_rev})" for m in args.models] + models
 
     def call(model, ev):
         if model.endswith(")"):
             name = model.rsplit(" (", 1)[0]
-
-            def run():
-                with use_baseline():
-                    return apply_baseline(ev, op, None, name).data
-            return run
+            return lambda: apply_baseline(ev, op_baseline, None, name).data
         return lambda: apply_unfolded_sbl(ev, op, None, model).data
 
     for T in args.times:

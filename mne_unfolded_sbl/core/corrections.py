@@ -67,15 +67,22 @@ def absolute_features(num_log, den_log, log_state):
 
 def log_features(num_log, den_log, log_state):
     """Stack the five per-element features described in the module docstring."""
+    return _relative_features(num_log, den_log, log_state)[0]
+
+
+def _relative_features(num_log, den_log, log_state):
+    """:func:`log_features`, and the proposal ``0.5 (s - q)`` and its
+    maximum per sample, which the bound of the correction needs too."""
     prop = 0.5 * (num_log - den_log)
+    prop_max = prop.amax(-1, keepdim=True)
     z = torch.stack([
-        prop - prop.amax(-1, keepdim=True),
+        prop - prop_max,
         log_state - log_state.amax(-1, keepdim=True),
         prop - log_state,
         num_log - num_log.amax(-1, keepdim=True),
         den_log - den_log.mean(-1, keepdim=True),
     ], dim=-1)
-    return FEATURE_SCALE * z.clamp_min(FEATURE_FLOOR)
+    return FEATURE_SCALE * z.clamp_min(FEATURE_FLOOR), (prop, prop_max)
 
 
 #: Feature sets: name -> (feature function, soft-clip bound, cap the
@@ -94,15 +101,40 @@ def check_features(features):
     return features
 
 
-def _bound_correction(delta, num_log, den_log, features="relative"):
-    """Soft-clip ``delta`` and cap the corrected level (module docstring)."""
+def _bound_correction(delta, num_log, den_log, features="relative",
+                      proposal=None):
+    """Soft-clip ``delta`` and cap the corrected level (module docstring).
+
+    ``proposal``: ``(0.5 (s - q), its maximum)`` where already computed
+    (:func:`_relative_features`).
+    """
     _, clip, cap = FEATURE_SETS[features]
     delta = clip * torch.tanh(delta / clip)
     if not cap:
         return delta
-    prop = 0.5 * (num_log - den_log)
-    room = prop.amax(-1, keepdim=True) + LOG_OVERSHOOT - prop
+    if proposal is None:
+        prop = 0.5 * (num_log - den_log)
+        prop_max = prop.amax(-1, keepdim=True)
+    else:
+        prop, prop_max = proposal
+    room = prop_max + LOG_OVERSHOOT - prop
     return torch.minimum(delta, room)
+
+
+def _mlp_inference(net, x):
+    """``net(x)`` for the ``Linear``/``GELU`` stack of :func:`_mlp`, as
+    functional calls: the same operations without the ``nn.Module`` call
+    machinery (hooks: 10-20 µs a module on one CPU thread), which costs
+    more than the MLP's own arithmetic for the 64 sensors of a noise
+    correction. Inference only (no module hooks run)."""
+    for m in net:
+        if isinstance(m, nn.Linear):
+            x = F.linear(x, m.weight, m.bias)
+        elif isinstance(m, nn.GELU):
+            x = F.gelu(x, approximate=m.approximate)
+        else:
+            x = m(x)
+    return x
 
 
 def _mlp(d_in, hidden, n_hidden):
@@ -149,10 +181,23 @@ class MLPCorrection(nn.Module):
         self.features = check_features(features)
 
     def forward(self, num_log, den_log, log_state):
-        z = FEATURE_SETS[self.features][0](num_log, den_log, log_state)
-        raw = self.net(z.to(self.net[0].weight.dtype)).squeeze(-1)
+        if torch.is_grad_enabled():
+            z = FEATURE_SETS[self.features][0](num_log, den_log, log_state)
+            raw = self.net(z.to(self.net[0].weight.dtype)).squeeze(-1)
+            return _bound_correction(raw.to(num_log.dtype), num_log, den_log,
+                                     self.features)
+        # inference: the same values, with the proposal shared by the
+        # features and the bound, and the MLP as functional calls
+        # (one evoked response: these calls, not the arithmetic, dominate)
+        proposal = None
+        if self.features == "relative":
+            z, proposal = _relative_features(num_log, den_log, log_state)
+        else:
+            z = FEATURE_SETS[self.features][0](num_log, den_log, log_state)
+        weight = self.net[0].weight
+        raw = _mlp_inference(self.net, z.to(weight.dtype)).squeeze(-1)
         return _bound_correction(raw.to(num_log.dtype), num_log, den_log,
-                                 self.features)
+                                 self.features, proposal)
 
 
 class AttentionCorrection(nn.Module):

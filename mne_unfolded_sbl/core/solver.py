@@ -213,6 +213,7 @@ class NullSpace:
                                               device=Q.device), atol=1e-8):
             raise ValueError("The columns of Q must be orthonormal.")
         self.Q = Q
+        self.Qt = Q.T.contiguous()
         self.QQt = Q @ Q.T
         self.diag = self.QQt.diagonal().clone()
 
@@ -247,6 +248,30 @@ class NullSpace:
         completed by a unit variance on the null directions."""
         return C - self._pcp_correction(C) + self.QQt
 
+    def complete_(self, C):
+        """:meth:`complete` in place, for inference (no autograd).
+
+        The same products as :meth:`complete` with half the operations and
+        no temporaries of ``C``'s size besides ``R Q^T``: one evoked
+        response factorises two such matrices per layer, and its cost is
+        the number of small operations, not their arithmetic.
+        """
+        CQ = C @ self.Q
+        RQt = torch.sub(CQ, self.Q @ (self.Qt @ CQ), alpha=0.5) @ self.Qt
+        return C.sub_(RQt).sub_(RQt.transpose(-1, -2)).add_(self.QQt)
+
+
+def _inference(*tensors):
+    """True where autograd records nothing for ``tensors``.
+
+    The inference paths of the statistics (in-place updates, the two
+    log-statistics of a step in one pass) run then; with a graph to record
+    (training) the out-of-place expressions run, whose backward passes
+    need their inputs intact. Both give the same values up to round-off.
+    """
+    return not (torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad for t in tensors))
+
 
 def _null_space_like(null, device):
     if null is None or null.Q.device == torch.device(device):
@@ -275,6 +300,9 @@ class SourceStats:
     b: torch.Tensor  # (B, N)
     cost: torch.Tensor | None  # (B,) Type-II cost at the state the stats
     # come from (None when not asked for)
+    #: (B, 2, N) ``[b, a]`` with ``a`` and ``b`` its views, or None; set
+    #: on the inference path (see :func:`_inference`)
+    stacked: torch.Tensor | None = None
 
 
 @dataclass
@@ -284,6 +312,9 @@ class NoiseStats:
     r: torch.Tensor  # (B, M)
     c: torch.Tensor  # (B, M)
     cost: torch.Tensor | None  # (B,)
+    #: (B, 2, M) ``[c, r]`` with ``r`` and ``c`` its views, or None (as
+    #: :attr:`SourceStats.stacked`)
+    stacked: torch.Tensor | None = None
 
 
 def covariance_statistic(Y):
@@ -354,14 +385,27 @@ def precision(S, lam, null_space=None):
         ``W = Sigma_y^{-1}`` (from the Cholesky factor, never an explicit
         inverse of ``Sigma_y``) and the factor itself, both float64.
     """
+    inference = _inference(S, lam)
     sigma = S.to(torch.float64, copy=True)
-    sigma.diagonal(dim1=-2, dim2=-1).add_(lam.to(torch.float64))
+    # (inference: the float64 add_ upcasts lam exactly, without a copy)
+    sigma.diagonal(dim1=-2, dim2=-1).add_(lam if inference
+                                          else lam.to(torch.float64))
     if null_space is not None:
         # P (S + Lambda) P + Q Q^T; P S P = S up to round-off (L = P L)
-        sigma = null_space.complete(sigma)
+        sigma = (null_space.complete_(sigma) if inference
+                 else null_space.complete(sigma))
     # the factorisation reads the lower triangle only: no symmetrisation
-    chol, info = torch.linalg.cholesky_ex(sigma)
-    if bool(info.any()):
+    info = None
+    if inference:
+        # raises where any sample fails (then the flags and the jitter
+        # below): no separate check of the flags when all succeed
+        try:
+            chol = torch.linalg.cholesky(sigma)
+        except torch.linalg.LinAlgError:
+            chol, info = torch.linalg.cholesky_ex(sigma)
+    else:
+        chol, info = torch.linalg.cholesky_ex(sigma)
+    if info is not None and bool(info.any()):
         # Only the samples whose factorisation failed get a jitter relative
         # to their mean diagonal; the others stay exact.
         scale = sigma.diagonal(dim1=-2, dim2=-1).mean(-1)
@@ -427,12 +471,16 @@ def source_stats(L, Cy, gamma, prec, with_cost=True, Lt=None):
     W_B, P_B]`` (``P = W C_y W``); for smaller ones, the ``N x M``
     transposed lead field ``Lt`` (pass ``L.T.contiguous()`` to reuse it
     across calls) times those matrices side by side, then the row-wise
-    products with ``Lt``.
+    products with ``Lt``. Without a gradient to record (inference), small
+    batches multiply ``[W; P]`` by ``L`` instead and reduce over the
+    sensors in place, and ``a`` and ``b`` come as views of one tensor
+    (:attr:`SourceStats.stacked`).
     """
     W = prec.W
     Cy64 = Cy.to(torch.float64)
     P = W @ (Cy64 @ W)  # (B, M, M), cheap: M^3
     B, M = W.shape[0], L.shape[0]
+    inference = _inference(L, Cy, gamma, W)
     kr = khatri_rao(L, B)
     if kr is not None:
         # (L^T A L)_nn for A = W_1, P_1, ..., W_B, P_B: one (2B, K) x (K, N)
@@ -444,6 +492,12 @@ def source_stats(L, Cy, gamma, prec, with_cost=True, Lt=None):
         A = (torch.gather(A, 1, kr.upper.expand(2 * B, -1))
              * kr.half_diag).to(L.dtype)
         bq = (A @ kr.LL.T).view(B, 2, -1)  # (B, 2, N)
+    elif inference:
+        # (B * 2M, M) x (M, N), then sum_m over rows: the reduction runs
+        # along contiguous N, in place (40 % less time than the row-wise
+        # products with Lt, which reduce over 64-element rows)
+        G = torch.cat([W, P], dim=-2).to(L.dtype)  # (B, 2M, M)
+        bq = (G.view(2 * B * M, M) @ L).view(B, 2, M, -1).mul_(L).sum(-2)
     else:
         if Lt is None:
             Lt = L.T.contiguous()
@@ -454,8 +508,11 @@ def source_stats(L, Cy, gamma, prec, with_cost=True, Lt=None):
     n_orient = n_orient_of(L, gamma)
     if n_orient > 1:  # one variance per group of columns: sum the group
         bq = bq.reshape(B, 2, -1, n_orient).sum(-1)
-    a = gamma.to(L.dtype).square() * bq[:, 1]
     cost = type2_cost(prec, Cy64) if with_cost else None
+    if inference:  # a in place: bq is [b, a], the input of _log_ratio_stacked
+        bq[:, 1].mul_(gamma.to(L.dtype).square())
+        return SourceStats(a=bq[:, 1], b=bq[:, 0], cost=cost, stacked=bq)
+    a = gamma.to(L.dtype).square() * bq[:, 1]
     return SourceStats(a=a, b=bq[:, 0], cost=cost)
 
 
@@ -463,7 +520,9 @@ def noise_stats(Cy, lam, prec, null_space=None, with_cost=True):
     """Convex-bounding noise statistics.
 
     ``r = lam^2 diag(W C_y W)`` and ``c = diag(W)``, or, with a
-    ``null_space``, ``c = diag(P W P) = diag(W) - diag(Q Q^T)``.
+    ``null_space``, ``c = diag(P W P) = diag(W) - diag(Q Q^T)``. Without a
+    gradient to record, ``r`` and ``c`` are views of one ``(B, 2, M)``
+    tensor ``[c, r]`` (:attr:`NoiseStats.stacked`).
     """
     W = prec.W
     Cy64 = Cy.to(torch.float64)
@@ -472,6 +531,10 @@ def noise_stats(Cy, lam, prec, null_space=None, with_cost=True):
     if null_space is not None:
         c = c - null_space.diag
     cost = type2_cost(prec, Cy64) if with_cost else None
+    if _inference(Cy, lam, W):
+        stacked = torch.stack([c, r], 1).to(lam.dtype)
+        return NoiseStats(r=stacked[:, 1], c=stacked[:, 0], cost=cost,
+                          stacked=stacked)
     return NoiseStats(r=r.to(lam.dtype), c=c.to(lam.dtype), cost=cost)
 
 
@@ -485,6 +548,23 @@ def log_ratio_update(num, den, eps=LOG_EPS):
     s = torch.log(num.clamp_min(0.0) + eps)
     q = torch.log(den.clamp_min(0.0) + eps)
     return 0.5 * (s - q), s, q
+
+
+def _log_ratio_stacked(stacked, eps=LOG_EPS):
+    """:func:`log_ratio_update` of ``stacked = [den, num]`` (B, 2, P) in one
+    pass (the inference path of the statistics): the same expressions, one
+    kernel per operation for both statistics instead of two."""
+    logs = stacked.clamp_min(0.0).add_(eps).log_()
+    q, s = logs.unbind(1)
+    return torch.sub(s, q).mul_(0.5), s, q
+
+
+def _log_ratio(stats, num, den):
+    """:func:`log_ratio_update` of the statistics ``stats`` (numerator and
+    denominator ``num``, ``den``), from ``stats.stacked`` where set."""
+    if stats.stacked is not None:
+        return _log_ratio_stacked(stats.stacked)
+    return log_ratio_update(num, den)
 
 
 def hard_threshold(gamma, rel_threshold):
@@ -728,7 +808,7 @@ def source_step(L, Cy, state, correction=None, rel_threshold=None,
     """
     prec = precision(state.S, state.lam, null_space)
     st = source_stats(L, Cy, state.gamma, prec, with_cost, Lt)
-    log_g, s, q = log_ratio_update(st.a, st.b)
+    log_g, s, q = _log_ratio(st, st.a, st.b)
     delta = None
     if correction is not None:
         log_gamma_old = torch.log(state.gamma + LOG_EPS)
@@ -747,7 +827,7 @@ def noise_step(Cy, S, lam, correction=None, null_space=None, with_cost=True):
     """
     prec = precision(S, lam, null_space)
     st = noise_stats(Cy, lam, prec, null_space, with_cost)
-    log_l, u, v = log_ratio_update(st.r, st.c)
+    log_l, u, v = _log_ratio(st, st.r, st.c)
     delta = None
     if correction is not None:
         delta = correction(u, v, torch.log(lam + LOG_EPS))

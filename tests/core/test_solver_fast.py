@@ -330,3 +330,129 @@ def test_inference_mode_is_supported():
         c = net(L, covariance_statistic(Y)).gamma
     torch.testing.assert_close(a, c)
     torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------
+# the inference path (no gradient to record): one evoked response
+
+
+def _perturbed(model, learn_noise, features, seed=0):
+    torch.manual_seed(seed)
+    net = UnfoldedSBL(5, model, learn_noise, features=features).double()
+    with torch.no_grad():  # non-zero corrections
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("model, features", [("cb", "relative"),
+                                             ("deep-cb", "relative"),
+                                             ("deep-cb", "absolute")])
+@pytest.mark.parametrize("learn_noise", [True, False])
+def test_inference_path_equals_autograd_path(batch, model, features,
+                                             learn_noise):
+    """One referenced sample: the inference path (in-place statistics,
+    [W; P] times L, both log-statistics in one pass, the MLPs as
+    functional calls with a shared proposal) gives the values of the
+    path autograd records through (float64, to round-off)."""
+    L, Y, Q = batch
+    null = NullSpace(Q)
+    Lt = torch.as_tensor(L)
+    Cy = covariance_statistic(torch.as_tensor(Y[:1]))
+    noise = None if learn_noise else torch.full((L.shape[0],), 0.05 * float(
+        Cy.diagonal(dim1=-2, dim2=-1).mean()), dtype=torch.float64)
+    net = _perturbed(model, learn_noise, features)
+    with torch.no_grad():
+        fast = net(Lt, Cy, noise, null_space=null, return_trajectory=True)
+        K_fast = fast.posterior_kernel()
+    # autograd records: the out-of-place expressions run
+    Cg = Cy.clone().requires_grad_()  # every statistic depends on it
+    ref = net(Lt, Cg, noise, null_space=null, return_trajectory=True)
+    K_ref = ref.posterior_kernel()
+    assert K_ref.requires_grad
+    K_ref, ref_gamma, ref_lam = (t.detach() for t in (K_ref, ref.gamma,
+                                                       ref.lam))
+    for a, b in ((fast.gamma, ref_gamma), (fast.lam, ref_lam),
+                 (K_fast, K_ref)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9,
+                                   atol=1e-12 * float(b.abs().max()))
+    for a, b in zip(fast.trajectory, ref.trajectory):
+        for k in ("delta_source", "delta_noise"):
+            if a[k] is not None:
+                np.testing.assert_allclose(a[k].numpy(), b[k].detach().numpy(),
+                                           rtol=1e-9, atol=1e-12)
+
+
+def test_single_sample_inference_equals_numpy_champagne(batch):
+    """The untrained network on one sample (the inference path of the API)
+    is Champagne (independent NumPy code, reduced coordinates)."""
+    L, Y, Q = batch
+    null = NullSpace(Q)
+    Lt = torch.as_tensor(L)
+    Cy = covariance_statistic(torch.as_tensor(Y[1:2]))
+    net = UnfoldedSBL(25, "cb", True).double()
+    with torch.no_grad():
+        out = net(Lt, Cy, null_space=null)
+        K = out.posterior_kernel()
+    prob = prepare(Lt, Cy, null_space=null)
+    g0, l0 = prob.to_input_units(prob.state.gamma, prob.state.lam)
+    g_ref, l_ref, _, post = champagne_numpy(
+        L, Y[1], g0[0].numpy(), l0[0].numpy(), 25, True, Q=Q)
+    np.testing.assert_allclose(out.gamma[0].numpy(), g_ref, rtol=1e-8,
+                               atol=1e-11 * g_ref.max())
+    np.testing.assert_allclose(out.lam[0].numpy(), l_ref, rtol=1e-8)
+    X_ref = post(g_ref, l_ref)[1]
+    np.testing.assert_allclose(K[0].numpy() @ Y[1], X_ref, rtol=1e-7,
+                               atol=1e-10 * np.abs(X_ref).max())
+
+
+def test_single_sample_float32_inference_equals_batch_path(batch):
+    """float32, the API's working precision: a sample alone (inference
+    path) and the same sample inside a batch (Khatri-Rao path) give the
+    same network output within float32 accuracy."""
+    L, Y, Q = batch
+    null = NullSpace(Q)
+    Lt = torch.as_tensor(L, dtype=torch.float32)
+    Cy = covariance_statistic(torch.as_tensor(Y))
+    net = _perturbed("deep-cb", True, "relative").float()
+    with torch.no_grad():
+        many = net(Lt, Cy, null_space=null)
+        K_many = many.posterior_kernel()
+        for i in (0, B - 1):
+            one = net(Lt, Cy[i:i + 1], null_space=null)
+            K_one = one.posterior_kernel()[0]
+            rel = torch.linalg.norm(K_one - K_many[i]) / torch.linalg.norm(
+                K_many[i])
+            assert rel < 1e-4
+            np.testing.assert_allclose(one.lam[0], many.lam[i], rtol=1e-4)
+
+
+def test_null_space_complete_in_place():
+    gen = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(7, 2, generator=gen,
+                                    dtype=torch.float64))[0]
+    null = NullSpace(Q)
+    A = torch.randn(3, 7, 7, generator=gen, dtype=torch.float64)
+    C = A @ A.transpose(-1, -2)
+    ref = null.complete(C)
+    out = C.clone()
+    assert null.complete_(out) is out
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+
+
+def test_inference_precision_jitters_only_failing_samples():
+    """A singular sample beside a regular one: under no_grad (one call to
+    the factorisation, which raises) the jitter reaches the failing sample
+    only, as on the path with flags."""
+    gen = torch.Generator().manual_seed(2)
+    A = torch.randn(2, 6, 4, generator=gen, dtype=torch.float64)
+    S = A @ A.transpose(-1, -2)  # rank 4 of 6
+    lam = torch.zeros(2, 6, dtype=torch.float64)
+    lam[0] = 0.5  # sample 0 regular, sample 1 singular
+    with torch.no_grad():
+        fast = precision(S, lam)
+    ref = precision(S.clone().requires_grad_(), lam)
+    torch.testing.assert_close(fast.chol, ref.chol.detach())
+    torch.testing.assert_close(fast.W, ref.W.detach())
+    exact = torch.linalg.cholesky(S[0] + torch.diag(lam[0]))
+    torch.testing.assert_close(fast.chol[0], exact)
