@@ -27,7 +27,8 @@ def fixed_eeg_forward(fwd):
         raise ValueError(
             "A lead field needs a forward on a surface source space, got a "
             f"{fwd['src'].kind!r} source space.")
-    fwd = mne.pick_types_forward(fwd, meg=False, eeg=True)
+    with mne.utils.use_log_level("warning"):  # no "N out of N channels" line
+        fwd = mne.pick_types_forward(fwd, meg=False, eeg=True)
     if fwd["nchan"] == 0:
         raise ValueError("The forward solution has no EEG channel.")
     if not (mne.forward.is_fixed_orient(fwd) and fwd["surf_ori"]):

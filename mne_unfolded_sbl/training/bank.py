@@ -39,8 +39,8 @@ from ..core._utils import logger
 from ..core.network import classical_network
 from ..core.simulator import EEGSimulator, derive_seed
 from ..core.solver import (CBState, NormalizedProblem, column_variances,
-                           covariance_statistic, model_covariance, precision,
-                           prepare)
+                           covariance_statistic, initial_state,
+                           model_covariance, precision, prepare)
 
 _BUILD, _DRAW = 11, 12  # stream tags of derive_seed
 #: Version of the saved bank layout (:meth:`SampleBank.save`); bump it when
@@ -157,63 +157,75 @@ class _Shard:
             self.n = int(saved["n"])
             for k in _TENSORS:
                 setattr(self, k, saved[k].to(device))
-            self.null_space = sim_config.null_space(self.L_n.shape[0], device)
+            self.null_space = _regimes(sim_config)[0][1].null_space(
+                self.L_n.shape[0], device)
             self.reset()
             return
         self.n = int(n)
         L = torch.as_tensor(np.asarray(spec.L_inv, np.float64)).to(device, dtype)
-        sims = [EEGSimulator(Ls, spec.pos, sim_config, device=device,
-                             dtype=dtype, seed=0, **_adjacency_kw(spec))
-                for Ls in spec.L_sims]
-        self.null_space = sims[0].null_space
-        rank = int(sim_config.n_sources[1])
+        regimes = _regimes(sim_config)
+        weights = np.array([w for w, _ in regimes]) / sum(w for w, _ in regimes)
+        sims = [[EEGSimulator(Ls, spec.pos, cfg, device=device, dtype=dtype,
+                              seed=0, **_adjacency_kw(spec))
+                 for Ls in spec.L_sims] for _, cfg in regimes]
+        self.null_space = sims[0][0].null_space
+        rank = max(int(cfg.n_sources[1]) for _, cfg in regimes)
         chunks = dict(Cy=[], F=[], A=[], cxx=[], nv=[], y_scale=[])
         for c, start in enumerate(range(0, self.n, CHUNK)):
             b = min(CHUNK, self.n - start)
             seed_c = derive_seed(seed, _BUILD, index, c)
-            which = int(np.random.default_rng(seed_c).integers(len(sims)))
-            s = sims[which].sample(b, seed=seed_c)
-            Y, X = s["Y"], s["X"]
-            nv = s.get("noise_var_given", s["noise_var"])
-            prob = prepare(L, covariance_statistic(Y), nv, 0.1, self.null_space)
-            ys = prob.y_scale.to(dtype)
-            Yn = Y / ys[:, None, None]
-            Xn = X * (prob.l_scale.to(dtype) / ys)[:, None, None]
-            T = Y.shape[-1]
-            chunks["Cy"].append(prob.Cy_n.to(torch.float32))
-            F, A = lowrank_cross(Xn, Yn, rank)
-            chunks["F"].append(F.to(dtype))
-            chunks["A"].append(A.to(dtype))
-            chunks["cxx"].append(Xn.square().sum((1, 2), dtype=torch.float64) / T)
-            chunks["nv"].append((nv / ys[:, None] ** 2).to(dtype))
-            chunks["y_scale"].append(prob.y_scale)
+            rng = np.random.default_rng(seed_c)
+            which = int(rng.integers(len(spec.L_sims)))
+            if len(regimes) == 1:  # (the draws of banks without a mixture)
+                parts = [(0, b, seed_c)]
+            else:
+                counts = rng.multinomial(b, weights)
+                parts = [(r, int(k), derive_seed(seed_c, r))
+                         for r, k in enumerate(counts) if k]
+            for r, k, seed_p in parts:
+                s = sims[r][which].sample(k, seed=seed_p)
+                for key, v in self._statistics(L, s, rank, dtype).items():
+                    chunks[key].append(v)
         for k, v in chunks.items():
             if v:
                 setattr(self, k, torch.cat(v))
-        first = prepare(L, self.Cy[:1].to(torch.float64), None, 0.1,
-                        self.null_space)
-        self.L_n, self.l_scale, self.Lt = first.L_n, first.l_scale, first.Lt
+        self.L_n, self.l_scale, self.Lt = self._lead_field
         self.reset()
         self.l_ref = self._classical_reference(net_kwargs["n_layers"])
 
+    def _statistics(self, L, s, rank, dtype):
+        """The stored statistics of the simulated samples ``s``."""
+        Y, X = s["Y"], s["X"]
+        nv = s.get("noise_var_given", s["noise_var"])
+        prob = prepare(L, covariance_statistic(Y), nv, 0.1, self.null_space)
+        self._lead_field = (prob.L_n, prob.l_scale, prob.Lt)
+        ys = prob.y_scale.to(dtype)
+        Yn = Y / ys[:, None, None]
+        Xn = X * (prob.l_scale.to(dtype) / ys)[:, None, None]
+        F, A = lowrank_cross(Xn, Yn, rank)
+        return dict(Cy=prob.Cy_n.to(torch.float32), F=F.to(dtype),
+                    A=A.to(dtype),
+                    cxx=Xn.square().sum((1, 2), dtype=torch.float64) / Y.shape[-1],
+                    nv=(nv / ys[:, None] ** 2).to(dtype), y_scale=prob.y_scale)
+
     # -- states ----------------------------------------------------------
     def initial_state(self, idx):
-        """The solver's starting state of samples ``idx``."""
+        """The solver's starting state ``(gamma, lam)`` of samples ``idx``
+        (:func:`~mne_unfolded_sbl.core.solver.initial_state`)."""
         nv = None if self.learn_noise else self.nv[idx]
-        B, N = len(idx), self.L_n.shape[1]
-        M = self.L_n.shape[0]
-        if nv is None:
-            lam = torch.full((B, M), self.noise_init, dtype=self.L_n.dtype,
-                             device=self.L_n.device)
-        else:
-            lam = nv.clone()
-        g0 = torch.clamp(1.0 - lam.mean(-1), min=0.1)
-        return g0[:, None].expand(B, N).clone(), lam
+        st = initial_state(self.L_n, self.Cy[idx], nv, self.noise_init)
+        return st.gamma, st.lam
 
     def reset(self):
         """Cached states back to the solver's starting state."""
-        idx = torch.arange(self.n, device=self.L_n.device)
-        self.gamma, self.lam = self.initial_state(idx)
+        states = [self.initial_state(idx) for idx in self._chunks()]
+        self.gamma = torch.cat([g for g, _ in states])
+        self.lam = torch.cat([lm for _, lm in states])
+
+    def _chunks(self):
+        """Index tensors of the samples, :data:`CHUNK` at a time."""
+        for a in range(0, self.n, CHUNK):
+            yield torch.arange(a, min(a + CHUNK, self.n), device=self.L_n.device)
 
     def problem(self, idx, gamma=None, lam=None):
         """A :class:`NormalizedProblem` of samples ``idx`` at the cached state."""
@@ -233,8 +245,7 @@ class _Shard:
     @torch.no_grad()
     def advance(self, net, start, stop):
         """Run layers ``start .. stop - 1`` of ``net`` on every cached state."""
-        for s in range(0, self.n, CHUNK):
-            idx = torch.arange(s, min(s + CHUNK, self.n), device=self.L_n.device)
+        for idx in self._chunks():
             out = net.run(self.problem(idx), start=start, stop=stop)
             self.gamma[idx] = out.gamma_n.to(self.gamma.dtype)
             self.lam[idx] = out.lam_n.to(self.lam.dtype)
@@ -247,12 +258,20 @@ class _Shard:
             self.L_n.device, self.L_n.dtype)
         ref = torch.empty(self.n, n_layers, dtype=torch.float64,
                           device=self.L_n.device)
-        for s in range(0, self.n, CHUNK):
-            idx = torch.arange(s, min(s + CHUNK, self.n), device=self.L_n.device)
+        for idx in self._chunks():
             out = net.run(self.problem(idx), return_trajectory=True)
             for k, st in enumerate(out.trajectory):
                 ref[idx, k] = self.nmse(idx, st["gamma"], st["lam"])
         return ref
+
+
+def _regimes(sim_config):
+    """``[(weight, SimulationConfig), ...]`` from one config or a mixture."""
+    if isinstance(sim_config, (list, tuple)):
+        if not sim_config:
+            raise ValueError("A regime mixture needs at least one regime.")
+        return [(float(w), cfg) for w, cfg in sim_config]
+    return [(1.0, sim_config)]
 
 
 def _adjacency_kw(spec):
@@ -270,7 +289,10 @@ class SampleBank:
     specs : list of ShardSpec
     size : int
         Samples in all, split over the shards in proportion to their weights.
-    sim_config : SimulationConfig
+    sim_config : SimulationConfig | list of (float, SimulationConfig)
+        The simulation, or a mixture of regimes with their weights: every
+        chunk of a shard's samples is split among the regimes by a seeded
+        multinomial draw.
     seed : int
     net_kwargs : dict
         ``n_layers``, ``learn_noise``, ``noise_init`` of the network.
@@ -359,8 +381,7 @@ class SampleBank:
         res = {}
         for s in self.shards:
             err = []
-            for a in range(0, s.n, CHUNK):
-                idx = torch.arange(a, min(a + CHUNK, s.n), device=s.L_n.device)
+            for idx in s._chunks():
                 out = net.run(s.problem(idx), start=self.position, stop=stop)
                 err.append(s.nmse(idx, out.gamma_n, out.lam_n))
             res[s.name] = dict(nmse=torch.cat(err).cpu().numpy(),

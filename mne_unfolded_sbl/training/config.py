@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..core.corrections import check_features
 from ..core.leadfield import DEFAULT_CONDUCTIVITY, PERTURBED_CONDUCTIVITY
 from ..core.simulator import SimulationConfig
 
@@ -29,22 +30,26 @@ TRAINABLE_MODELS = ("bias-cb", "deep-cb", "deep-attn-cb")
 #: Table of each field in a written TOML file.
 SECTIONS = {
     "model": ("model", "learn_noise", "n_layers", "hidden", "embed_dim",
-              "n_heads", "rel_threshold", "noise_init", "init_weights"),
+              "n_heads", "rel_threshold", "noise_init", "features",
+              "init_weights"),
     "optim": ("lr", "finetune_lr", "betas", "adam_eps", "grad_clip",
               "gradient_checkpointing"),
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
                  "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers",
-                 "harm_weight"),
+                 "loss", "harm_weight"),
     "data": ("train_leadfield", "val_leadfield", "montage", "spacing",
              "conductivity", "val_conductivity", "bem_ico", "data_mode",
              "bank_size", "bank_shards", "bank_shard_weights",
-             "sim_conductivities"),
+             "sim_conductivities", "bank_regimes"),
     "validation": ("val_size", "val_batch_size", "val_seed", "val_interval",
                    "val_metrics_size", "val_per_layer"),
     "run": ("seed", "device", "dtype", "out_dir", "checkpoint_interval",
             "max_minutes", "log_file", "log_interval", "num_threads",
             "progress", "export_name"),
 }
+
+#: Training objectives (:mod:`mne_unfolded_sbl.training.loss`).
+LOSSES = ("nmse", "log-ratio")
 
 #: Fields that may change when a run is resumed (they do not affect results).
 RUNTIME_FIELDS = ("device", "out_dir", "checkpoint_interval", "max_minutes",
@@ -60,7 +65,9 @@ class TrainConfig:
         (joint gamma/lambda if True, source-only with the true noise else),
         ``n_layers`` K (the last layer is classical), ``hidden`` (MLP width),
         ``embed_dim``, ``n_heads`` (attention), ``rel_threshold`` (hard
-        threshold eps_rel, 0 = off), ``noise_init``; ``init_weights``
+        threshold eps_rel, 0 = off), ``noise_init``, ``features`` (the
+        corrections' feature set, "relative" or "absolute": that of the
+        first bundled weights); ``init_weights``
         (empty: zero-initialised corrections, i.e. the classical solver;
         else a ``.safetensors`` weights file or a bundled model name such
         as ``"deep-cb"`` (with this run's ``learn_noise``) to fine-tune
@@ -76,9 +83,13 @@ class TrainConfig:
         only layer ``k`` for ``phase_steps`` steps, then all layers are
         fine-tuned for ``finetune_steps`` steps. ``lr_schedule`` ("constant"
         or "cosine" down to ``min_lr_ratio * lr``) applies within each phase.
-        Deep supervision: ``beta_ds`` and ``n_ds_layers``; ``harm_weight``:
-        the do-no-harm hinge against classical convex bounding at the same
-        depth (bank training only; see :mod:`mne_unfolded_sbl.training.loss`).
+        Deep supervision: ``beta_ds`` and ``n_ds_layers``. ``loss``:
+        ``"nmse"`` (the paper's mean normalised error) or ``"log-ratio"``
+        (the mean log of the error over that of classical convex bounding
+        at the same depth on the same sample; bank training only);
+        ``harm_weight``: the do-no-harm hinge against classical convex
+        bounding at the same depth (bank training only; see
+        :mod:`mne_unfolded_sbl.training.loss`).
     Data
         Lead fields from ``.npz`` files (``train_leadfield``,
         ``val_leadfield``, written by
@@ -97,7 +108,11 @@ class TrainConfig:
         step from cached states, :mod:`~mne_unfolded_sbl.training.bank`).
         ``simulation``: overrides of the
         :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` defaults; the
-        resolved values are stored.
+        resolved values are stored. ``bank_regimes`` (bank mode): a mixture
+        of source/noise regimes, each a table of ``weight`` plus
+        ``SimulationConfig`` fields that override ``simulation`` for its
+        share of every shard's samples (empty: all samples from
+        ``simulation``).
     Validation
         A fixed set of ``val_size`` samples regenerated from ``val_seed`` in
         chunks of ``val_batch_size``; evaluated before training, every
@@ -123,6 +138,7 @@ class TrainConfig:
     n_heads: int = 2
     rel_threshold: float = 0.0
     noise_init: float = 0.1
+    features: str = "relative"
     init_weights: str = ""
     # optimisation
     lr: float = 1e-3
@@ -140,6 +156,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     beta_ds: float = 0.3
     n_ds_layers: int = 5
+    loss: str = "nmse"
     harm_weight: float = 0.0
     # data
     train_leadfield: str = ""
@@ -154,6 +171,7 @@ class TrainConfig:
     bank_shards: tuple = ()
     bank_shard_weights: tuple = ()
     sim_conductivities: tuple = ()
+    bank_regimes: tuple = ()
     simulation: dict = field(default_factory=dict)
     # validation
     val_size: int = 1000
@@ -199,6 +217,15 @@ class TrainConfig:
         if any(len(c) != 3 for c in self.sim_conductivities):
             raise ValueError("sim_conductivities holds (brain, skull, scalp) "
                              "triples.")
+        self.bank_regimes = tuple(_resolve_regime(r) for r in self.bank_regimes)
+        if self.bank_regimes and self.data_mode != "bank":
+            raise ValueError("bank_regimes needs data_mode='bank'.")
+        check_features(self.features)
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "log-ratio" and self.data_mode != "bank":
+            raise ValueError("loss='log-ratio' needs data_mode='bank' (the "
+                             "classical reference errors live in the bank).")
         if self.harm_weight < 0:
             raise ValueError(f"harm_weight must be >= 0, got {self.harm_weight}")
         if self.harm_weight > 0 and self.data_mode != "bank":
@@ -236,6 +263,9 @@ class TrainConfig:
             raise ValueError("conductivity and val_conductivity need 3 values "
                              "(brain, skull, scalp)")
         self.simulation = _resolve_simulation(self.simulation)
+        for r in self.bank_regimes:  # every regime must make a valid config
+            _resolve_simulation({**self.simulation,
+                                 **{k: v for k, v in r.items() if k != "weight"}})
 
     # ------------------------------------------------------------------
     @property
@@ -249,6 +279,13 @@ class TrainConfig:
         """The :class:`~mne_unfolded_sbl.core.simulator.SimulationConfig` to use."""
         return SimulationConfig(**self.simulation)
 
+    def regime_configs(self):
+        """``[(weight, SimulationConfig), ...]`` of :attr:`bank_regimes`
+        (empty list: no mixture)."""
+        return [(float(r["weight"]), SimulationConfig(**{
+            **self.simulation, **{k: v for k, v in r.items() if k != "weight"}}))
+            for r in self.bank_regimes]
+
     def network_kwargs(self, n_sources, n_sensors):
         """Keyword arguments of :class:`~mne_unfolded_sbl.core.network.UnfoldedSBL`."""
         return dict(n_layers=self.n_layers, model=self.model,
@@ -256,7 +293,7 @@ class TrainConfig:
                     n_sensors=int(n_sensors), hidden=self.hidden,
                     embed_dim=self.embed_dim, n_heads=self.n_heads,
                     rel_threshold=self.rel_threshold or None,
-                    noise_init=self.noise_init)
+                    noise_init=self.noise_init, features=self.features)
 
     def to_dict(self):
         """Plain dict (JSON/TOML-serialisable: lists instead of tuples)."""
@@ -350,6 +387,25 @@ def _resolve_simulation(sim):
     return json.loads(json.dumps(resolved))
 
 
+def _resolve_regime(regime):
+    """One ``bank_regimes`` entry: a plain dict with a positive ``weight``."""
+    if not isinstance(regime, dict):
+        raise ValueError("bank_regimes entries are tables of weight plus "
+                         f"SimulationConfig fields, got {regime!r}")
+    regime = json.loads(json.dumps(regime))
+    w = regime.get("weight")
+    if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0:
+        raise ValueError(f"Every bank_regimes entry needs a weight > 0, got "
+                         f"{regime!r}")
+    allowed = {f.name for f in fields(SimulationConfig)}
+    unknown = sorted(set(regime) - allowed - {"weight"})
+    if unknown:
+        raise ValueError(f"Unknown keys {unknown} in a bank_regimes entry; "
+                         f"known: weight and {sorted(allowed)}")
+    regime["weight"] = float(w)
+    return regime
+
+
 def _toml_key(k):
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
@@ -367,6 +423,9 @@ def _toml_value(v):
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}"
+                               for k, x in v.items()) + "}"
     raise TypeError(f"Cannot write {type(v).__name__} to TOML")
 
 

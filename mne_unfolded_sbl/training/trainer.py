@@ -53,7 +53,7 @@ from .config import RUNTIME_FIELDS, TrainConfig
 from .data import SimulatedData, load_leadfields
 from ..core.weights import load_model, save_model
 from .export import write_model_card
-from .loss import LossModule, draw_ds_layers, nmse
+from .loss import LOG_RATIO_EPS, LossModule, draw_ds_layers, nmse
 
 #: Exit status of a run that stopped early (time limit, signal): resume it.
 EXIT_STOPPED = 75
@@ -169,7 +169,7 @@ class Trainer:
         if config.init_weights and ckpt is None:
             self._load_initial_weights(config.init_weights)
         self.net.gradient_checkpointing = bool(config.gradient_checkpointing)
-        self.loss_module = LossModule(self.net)
+        self.loss_module = LossModule(self.net, self.config.loss)
         self.phases = make_phases(config)
         self.phase_index = self.step = self.global_step = 0
         self.samples_seen = self.n_skipped = 0
@@ -255,7 +255,7 @@ class Trainer:
             bank_specs(cfg)
         net_kw = dict(n_layers=cfg.n_layers, learn_noise=cfg.learn_noise,
                       noise_init=cfg.noise_init)
-        sim = cfg.simulation_config()
+        sim = cfg.regime_configs() or cfg.simulation_config()
         t0 = time.monotonic()
         banks = []
         for size, seed in ((cfg.bank_size, cfg.seed), (cfg.val_size, cfg.val_seed)):
@@ -301,8 +301,11 @@ class Trainer:
                 "bem_ico", "bank_shards", "bank_shard_weights",
                 "sim_conductivities", "simulation", "n_layers", "learn_noise",
                 "noise_init", "dtype")
-        blob = json.dumps([BANK_FORMAT, size, seed, __version__,
-                           {k: cfg[k] for k in keys}], sort_keys=True)
+        data = {k: cfg[k] for k in keys}
+        if cfg["bank_regimes"]:  # (banks without a mixture keep their names)
+            data["bank_regimes"] = cfg["bank_regimes"]
+        blob = json.dumps([BANK_FORMAT, size, seed, __version__, data],
+                          sort_keys=True)
         h = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return Path(cache_dir()) / "banks" / f"bank-{h}.pt"
 
@@ -552,9 +555,11 @@ class Trainer:
 
         ``val_loss`` is the mean error after the phase's last layer,
         ``val_ref`` that of classical convex bounding at the same depth on
-        the same samples, ``val_harm`` the fraction of samples where the
-        network is more than 1 % worse, and ``val_shards`` both means per
-        lead field.
+        the same samples, ``val_log_ratio`` the mean log-ratio of the two
+        (the objective of ``loss="log-ratio"`` without its hinge; < 0:
+        better than classical), ``val_harm`` the fraction of samples where
+        the network is more than 1 % worse, and ``val_shards`` both means
+        per lead field.
         """
         self._ensure_banks()
         net = self.net
@@ -567,6 +572,8 @@ class Trainer:
         ref = np.concatenate([r["ref"] for r in res.values()])
         rec = dict(event="val", **self._where(), val_loss=float(err.mean()),
                    val_ref=float(ref.mean()),
+                   val_log_ratio=float(np.mean(
+                       np.log(err + LOG_RATIO_EPS) - np.log(ref + LOG_RATIO_EPS))),
                    val_harm=float((err > 1.01 * ref).mean()),
                    val_shards={k: [float(r["nmse"].mean()), float(r["ref"].mean())]
                                for k, r in res.items()})

@@ -180,3 +180,121 @@ def test_bank_save_load_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="not a bank of this layout"):
         SampleBank.load(tmp_path / "bank.pt", specs[:1], 12, SIM, 0, NET, "cpu",
                         torch.float64)
+
+
+def _rank_of_sources(shard, tol=1e-6):
+    """Number of sources of every bank sample: the rank of ``X Y^T / T``."""
+    A = shard.A.to(torch.float64)
+    s = torch.linalg.svdvals(A)
+    return (s > tol * s[:, :1]).sum(-1).tolist()
+
+
+def test_bank_regime_mixture_splits_samples_and_keeps_plain_banks():
+    """A mixture simulates every regime; a one-regime list is the plain bank."""
+    one = SimulationConfig(n_sources=(1, 1), n_times=30, snr_db=(0.0, 20.0))
+    many = SimulationConfig(n_sources=(6, 8), n_times=(60, 80),
+                            snr_db=(0.0, 20.0))
+    spec = _spec()
+    mix = SampleBank([spec], 48, [(1.0, one), (3.0, many)], 0, NET, "cpu",
+                     torch.float64)
+    ranks = _rank_of_sources(mix.shards[0])
+    # (band-limited time courses of several sources may be near-collinear)
+    assert all(r == 1 or 3 <= r <= 8 for r in ranks)
+    n_one = ranks.count(1)
+    assert 2 <= n_one <= 24  # about a quarter of 48, both regimes present
+    again = SampleBank([spec], 48, [(1.0, one), (3.0, many)], 0, NET, "cpu",
+                       torch.float64)
+    torch.testing.assert_close(mix.shards[0].Cy, again.shards[0].Cy, rtol=0,
+                               atol=0)
+    # a single regime draws exactly what a plain config draws
+    plain = SampleBank([spec], 20, SIM, 0, NET, "cpu", torch.float64)
+    listed = SampleBank([spec], 20, [(2.0, SIM)], 0, NET, "cpu", torch.float64)
+    for k in ("Cy", "F", "A", "cxx", "nv", "l_ref"):
+        torch.testing.assert_close(getattr(plain.shards[0], k),
+                                   getattr(listed.shards[0], k), rtol=0, atol=0)
+
+
+def test_log_ratio_objective_matches_its_formula():
+    """loss='log-ratio': mean log(l/l_cb) plus the hinge, zero for CB itself."""
+    from mne_unfolded_sbl.training.loss import LOG_RATIO_EPS, LossModule
+
+    bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
+    batch = bank.batch(0, 0, 8)
+    shard, idx = batch["shard"], batch["idx"]
+    cb = LossModule(classical_network(4, True).double(), "log-ratio")
+    loss, l_final, _ = cb(None, batch, 4, harm_weight=3.0)
+    assert float(loss) == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(float(l_final),
+                               float(shard.l_ref[idx, 3].mean()), rtol=1e-9)
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    mod = LossModule(net, "log-ratio")
+    loss, _, _ = mod(None, batch, 4, harm_weight=3.0)
+    with torch.no_grad():
+        out = net.run(shard.problem(idx))
+        err = shard.nmse(idx, out.gamma_n, out.lam_n)
+    r = torch.log(err + LOG_RATIO_EPS) - torch.log(shard.l_ref[idx, 3]
+                                                   + LOG_RATIO_EPS)
+    want = r.mean() + 3.0 * torch.relu(r).mean()
+    np.testing.assert_allclose(float(loss.detach()), float(want), rtol=1e-9)
+    assert float(loss) != 0.0
+    loss.backward()  # the objective is differentiable end to end
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in net.parameters())
+    # the plain NMSE objective is unchanged: mean error plus its hinge
+    loss_n, _, _ = LossModule(net, "nmse")(None, batch, 4, harm_weight=3.0)
+    want_n = err.mean() + 3.0 * torch.relu(err - shard.l_ref[idx, 3]).mean()
+    np.testing.assert_allclose(float(loss_n), float(want_n), rtol=1e-9)
+    with pytest.raises(ValueError, match="objective"):
+        LossModule(net, "mse")
+
+
+def test_log_ratio_config_round_trip_and_errors(tmp_path):
+    from mne_unfolded_sbl.training.config import write_config
+
+    regimes = [dict(weight=2.0, n_sources=[1, 2], spread=[0.0, 0.0]),
+               dict(weight=1.0, snr_db=[-5.0, 0.0])]
+    cfg = load_config(TINY, data_mode="bank", loss="log-ratio",
+                      bank_regimes=regimes, harm_weight=1.0)
+    back = load_config(write_config(cfg, tmp_path / "c.toml"))
+    assert back == cfg
+    w = [w for w, _ in back.regime_configs()]
+    assert w == [2.0, 1.0]
+    assert back.regime_configs()[0][1].n_sources == (1, 2)
+    # the regime overrides the [simulation] table, the rest is inherited
+    assert back.regime_configs()[1][1].n_sources == \
+        back.simulation_config().n_sources
+    with pytest.raises(ValueError, match="log-ratio' needs data_mode"):
+        load_config(TINY, loss="log-ratio")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        load_config(TINY, loss="l1")
+    with pytest.raises(ValueError, match="weight > 0"):
+        load_config(TINY, data_mode="bank", bank_regimes=[dict(n_sources=[1, 2])])
+    with pytest.raises(ValueError, match="Unknown keys"):
+        load_config(TINY, data_mode="bank",
+                    bank_regimes=[dict(weight=1.0, n_source=[1, 2])])
+    with pytest.raises(ValueError, match="bank_regimes needs"):
+        load_config(TINY, bank_regimes=[dict(weight=1.0)])
+
+
+def test_log_ratio_bank_training_starts_at_zero(tmp_path):
+    specs = [_spec()]
+    cfg = _bank_config(tmp_path, loss="log-ratio", bank_regimes=[
+        dict(weight=1.0, n_sources=[1, 1]), dict(weight=1.0)])
+    tr = Trainer(cfg, leadfields=_leadfields(specs[0]), bank_specs=specs)
+    assert tr.run() == "finished"
+    vals = [json.loads(x) for x in (tmp_path / "run" / cfg.log_file)
+            .read_text().splitlines()]
+    vals = [r for r in vals if r["event"] == "val"]
+    assert vals[0]["val_log_ratio"] == pytest.approx(0.0, abs=1e-9)
+    assert all(np.isfinite(r["val_log_ratio"]) for r in vals)
+
+
+def test_feature_set_config_builds_the_network_it_names():
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+
+    cfg = load_config(TINY, features="absolute")
+    net = UnfoldedSBL(**cfg.network_kwargs(120, 20))
+    assert net.config["features"] == "absolute"
+    assert load_config(TINY).network_kwargs(120, 20)["features"] == "relative"
+    with pytest.raises(ValueError, match="features must be one of"):
+        load_config(TINY, features="raw")
