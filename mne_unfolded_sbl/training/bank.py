@@ -22,8 +22,9 @@ and the loss need, in the normalised units of
   progressive phase the bank is advanced through the trained layer once
   (:meth:`SampleBank.advance`), so each step of the next phase runs one
   layer instead of ``k + 1``;
-* the per-sample, per-layer error of classical convex bounding at the same
-  depth (``l_ref``), the reference of the "do no harm" hinge of the loss
+* the per-sample, per-layer error and shape error (:func:`nmse_lowrank`)
+  of classical convex bounding at the same depth (``l_ref``, ``s_ref``),
+  the references of the objective and of its "do no harm" hinge
   (:mod:`.loss`).
 
 The bank is rebuilt deterministically from the seed when a run resumes, and
@@ -47,7 +48,7 @@ _BUILD, _DRAW = 11, 12  # stream tags of derive_seed
 #: the simulator or the stored statistics change.
 BANK_FORMAT = 1
 _TENSORS = ("Cy", "F", "A", "cxx", "nv", "y_scale", "L_n", "Lt", "l_scale",
-            "l_ref")
+            "l_ref", "s_ref")
 #: Samples per chunk when building and advancing a bank.
 CHUNK = 128
 
@@ -96,7 +97,8 @@ def lowrank_cross(X, Y, rank):
     return F, A
 
 
-def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n):
+def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n,
+                 shape=False):
     """Per-sample error of the posterior mean from low-rank statistics.
 
     ``||K Y_n - X_n||^2 / ||X_n||^2`` with ``K = Gamma L^T W`` at the state
@@ -109,9 +111,18 @@ def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n):
     ``[W Cy W, W A^T]`` for the whole batch: no ``N x M`` kernel per sample
     is formed.
 
+    With ``shape=True`` it also returns the *shape error* ``1 - cos^2``
+    between the estimate and the truth (``cos = <Xhat, X> / (||Xhat||
+    ||X||)``): the normalised error of the best-scaled estimate,
+    ``min_a ||a Xhat - X||^2 / ||X||^2``. It does not reward shrinking an
+    uncertain estimate towards zero, which lowers the plain error but not
+    the scale-free metrics (EMD, F1, localisation error).
+
     Returns
     -------
     nmse : torch.Tensor, shape (B,), float64
+    shape_err : torch.Tensor, shape (B,), float64
+        Only with ``shape=True``.
     """
     W = precision(model_covariance(L_n, gamma), lam, null_space).W
     Cy64 = Cy_n.to(torch.float64)
@@ -123,10 +134,15 @@ def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n):
     c = (LtG[..., :M] * Lt[:, None, :]).sum(-1).T  # (B, N) diag(L^T P L)
     u = LtG[..., M:].transpose(0, 1)  # (B, N, r)
     g = column_variances(L_n, gamma).to(L_n.dtype)
-    t1 = (g.square() * c).sum(-1, dtype=torch.float64)
+    t1 = (g.square() * c).sum(-1, dtype=torch.float64)  # ||Xhat||^2 / T
     t2 = (g[:, :, None] * F.to(L_n.dtype) * u).sum((1, 2), dtype=torch.float64)
     cxx = cxx_n.to(torch.float64)
-    return ((t1 - 2.0 * t2 + cxx) / cxx).clamp_min(0.0)
+    err = ((t1 - 2.0 * t2 + cxx) / cxx).clamp_min(0.0)
+    if not shape:
+        return err
+    tiny = torch.finfo(torch.float64).tiny
+    cos2 = t2.square() / (t1 * cxx).clamp_min(tiny)
+    return err, (1.0 - cos2).clamp(0.0, 1.0)
 
 
 @dataclass
@@ -156,11 +172,17 @@ class _Shard:
         if saved is not None:  # from SampleBank.load: no simulation
             self.n = int(saved["n"])
             for k in _TENSORS:
-                setattr(self, k, saved[k].to(device))
+                if k in saved:
+                    setattr(self, k, saved[k].to(device))
             self.null_space = _regimes(sim_config)[0][1].null_space(
                 self.L_n.shape[0], device)
             self.reset()
+            #: the saved bank lacked tensors that were computed here
+            self.upgraded = "s_ref" not in saved
+            if self.upgraded:  # a bank saved before the shape errors
+                _, self.s_ref = self._classical_reference(self.l_ref.shape[1])
             return
+        self.upgraded = False
         self.n = int(n)
         L = torch.as_tensor(np.asarray(spec.L_inv, np.float64)).to(device, dtype)
         regimes = _regimes(sim_config)
@@ -191,7 +213,8 @@ class _Shard:
                 setattr(self, k, torch.cat(v))
         self.L_n, self.l_scale, self.Lt = self._lead_field
         self.reset()
-        self.l_ref = self._classical_reference(net_kwargs["n_layers"])
+        self.l_ref, self.s_ref = self._classical_reference(
+            net_kwargs["n_layers"])
 
     def _statistics(self, L, s, rank, dtype):
         """The stored statistics of the simulated samples ``s``."""
@@ -236,11 +259,12 @@ class _Shard:
                                  self.l_scale, self.y_scale[idx], state,
                                  self.null_space, self.Lt)
 
-    def nmse(self, idx, gamma, lam):
-        """Per-sample error of the posterior mean at ``(gamma, lam)``."""
+    def nmse(self, idx, gamma, lam, shape=False):
+        """Per-sample error of the posterior mean at ``(gamma, lam)`` (and
+        its shape error with ``shape=True``, see :func:`nmse_lowrank`)."""
         return nmse_lowrank(self.L_n, self.Lt, gamma, lam, self.null_space,
                             self.Cy[idx], self.F[idx], self.A[idx],
-                            self.cxx[idx])
+                            self.cxx[idx], shape=shape)
 
     @torch.no_grad()
     def advance(self, net, start, stop):
@@ -252,17 +276,19 @@ class _Shard:
 
     @torch.no_grad()
     def _classical_reference(self, n_layers):
-        """Error of classical convex bounding after every layer, (n, K)."""
+        """Errors and shape errors of classical convex bounding after every
+        layer, two (n, K) tensors."""
         net = classical_network(n_layers, self.learn_noise,
                                 noise_init=self.noise_init).to(
             self.L_n.device, self.L_n.dtype)
-        ref = torch.empty(self.n, n_layers, dtype=torch.float64,
-                          device=self.L_n.device)
+        ref, sref = (torch.empty(self.n, n_layers, dtype=torch.float64,
+                                 device=self.L_n.device) for _ in range(2))
         for idx in self._chunks():
             out = net.run(self.problem(idx), return_trajectory=True)
             for k, st in enumerate(out.trajectory):
-                ref[idx, k] = self.nmse(idx, st["gamma"], st["lam"])
-        return ref
+                ref[idx, k], sref[idx, k] = self.nmse(
+                    idx, st["gamma"], st["lam"], shape=True)
+        return ref, sref
 
 
 def _regimes(sim_config):
@@ -317,6 +343,11 @@ class SampleBank:
         self.position = 0
         logger.info("Sample bank: " + ", ".join(
             f"{s.name} {s.n}" for s in self.shards))
+
+    @property
+    def upgraded(self):
+        """Whether loading computed tensors its file lacks (save it again)."""
+        return any(s.upgraded for s in self.shards)
 
     @property
     def size(self):
@@ -375,17 +406,22 @@ class SampleBank:
         Returns
         -------
         res : dict
-            ``nmse`` and ``ref`` (classical at the same depth), per shard
-            name, as numpy arrays.
+            ``nmse`` and ``ref`` (classical at the same depth), ``shape``
+            and ``shape_ref`` (the shape errors), per shard name, as numpy
+            arrays.
         """
         res = {}
         for s in self.shards:
-            err = []
+            err, shape = [], []
             for idx in s._chunks():
                 out = net.run(s.problem(idx), start=self.position, stop=stop)
-                err.append(s.nmse(idx, out.gamma_n, out.lam_n))
+                e, sh = s.nmse(idx, out.gamma_n, out.lam_n, shape=True)
+                err.append(e)
+                shape.append(sh)
             res[s.name] = dict(nmse=torch.cat(err).cpu().numpy(),
-                               ref=s.l_ref[:, stop - 1].cpu().numpy())
+                               ref=s.l_ref[:, stop - 1].cpu().numpy(),
+                               shape=torch.cat(shape).cpu().numpy(),
+                               shape_ref=s.s_ref[:, stop - 1].cpu().numpy())
         return res
 
 

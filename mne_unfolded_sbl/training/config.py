@@ -36,7 +36,7 @@ SECTIONS = {
               "gradient_checkpointing"),
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
                  "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers",
-                 "loss", "harm_weight"),
+                 "loss", "harm_weight", "shape_weight"),
     "data": ("train_leadfield", "val_leadfield", "montage", "spacing",
              "conductivity", "val_conductivity", "bem_ico", "data_mode",
              "bank_size", "bank_shards", "bank_shard_weights",
@@ -89,7 +89,9 @@ class TrainConfig:
         at the same depth on the same sample; bank training only);
         ``harm_weight``: the do-no-harm hinge against classical convex
         bounding at the same depth (bank training only; see
-        :mod:`mne_unfolded_sbl.training.loss`).
+        :mod:`mne_unfolded_sbl.training.loss`); ``shape_weight``: the weight
+        of the same log-ratio on the shape error (the error of the
+        best-scaled estimate; log-ratio objective only).
     Data
         Lead fields from ``.npz`` files (``train_leadfield``,
         ``val_leadfield``, written by
@@ -158,6 +160,7 @@ class TrainConfig:
     n_ds_layers: int = 5
     loss: str = "nmse"
     harm_weight: float = 0.0
+    shape_weight: float = 0.0
     # data
     train_leadfield: str = ""
     val_leadfield: str = ""
@@ -226,6 +229,10 @@ class TrainConfig:
         if self.loss == "log-ratio" and self.data_mode != "bank":
             raise ValueError("loss='log-ratio' needs data_mode='bank' (the "
                              "classical reference errors live in the bank).")
+        if self.shape_weight < 0 or (self.shape_weight > 0
+                                     and self.loss != "log-ratio"):
+            raise ValueError("shape_weight must be >= 0, and > 0 only with "
+                             f"loss='log-ratio'; got {self.shape_weight}")
         if self.harm_weight < 0:
             raise ValueError(f"harm_weight must be >= 0, got {self.harm_weight}")
         if self.harm_weight > 0 and self.data_mode != "bank":

@@ -33,6 +33,15 @@ classical solver, ``r = log(l + eps) - log(l_cb + eps)`` (``eps`` =
 :data:`LOG_RATIO_EPS`), and pays ``mean(r) + alpha * mean(relu(r))``: a
 halving of the error counts the same on an easy sample as on a hard one,
 and every sample made worse pays ``1 + alpha`` times its log-ratio.
+
+**Shape term** (``shape_weight = w > 0``, with the log-ratio objective).
+The plain error rewards shrinking an uncertain estimate towards zero; the
+benchmark's other metrics (EMD, F1, localisation error) do not depend on
+the scale of the estimate. The shape error ``1 - cos^2(Xhat, X)`` (the
+error of the best-scaled estimate, :func:`~.bank.nmse_lowrank`) gets the
+same log-ratio treatment against classical convex bounding's and is added
+with weight ``w``: a correction may not buy a lower error with a worse
+spatial pattern.
 """
 
 import torch
@@ -68,13 +77,17 @@ class LossModule(nn.Module):
     network and the posterior means, so DDP sees the whole graph.
     """
 
-    def __init__(self, net, objective="nmse"):
+    def __init__(self, net, objective="nmse", shape_weight=0.0):
         super().__init__()
         if objective not in ("nmse", "log-ratio"):
             raise ValueError("objective must be 'nmse' or 'log-ratio', got "
                              f"{objective!r}")
+        if shape_weight < 0 or (shape_weight > 0 and objective != "log-ratio"):
+            raise ValueError("shape_weight must be >= 0, and > 0 only with "
+                             f"the log-ratio objective; got {shape_weight}")
         self.net = net
         self.objective = objective
+        self.shape_weight = float(shape_weight)
 
     def forward(self, L, batch, n_layers, ds_layers=(), beta_ds=0.0,
                 harm_weight=0.0):
@@ -124,14 +137,23 @@ class LossModule(nn.Module):
                            return_trajectory=bool(ds_layers))
 
         log_ratio = self.objective == "log-ratio"
+        w_shape = self.shape_weight
+
+        def scored(err, ref):
+            r = torch.log(err + LOG_RATIO_EPS) - torch.log(ref + LOG_RATIO_EPS)
+            return r.mean() + harm_weight * torch.relu(r).mean()
 
         def term(gamma, lam, layer):
             """(objective, mean error) of one supervised layer."""
-            err = shard.nmse(idx, gamma, lam)
+            if w_shape > 0:
+                err, shape = shard.nmse(idx, gamma, lam, shape=True)
+            else:
+                err = shard.nmse(idx, gamma, lam)
             ref = shard.l_ref[idx, layer]
             if log_ratio:
-                r = torch.log(err + LOG_RATIO_EPS) - torch.log(ref + LOG_RATIO_EPS)
-                obj = r.mean() + harm_weight * torch.relu(r).mean()
+                obj = scored(err, ref)
+                if w_shape > 0:
+                    obj = obj + w_shape * scored(shape, shard.s_ref[idx, layer])
             else:
                 obj = err.mean() + harm_weight * torch.relu(err - ref).mean()
             return obj, err.mean()

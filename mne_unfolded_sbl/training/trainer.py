@@ -169,7 +169,8 @@ class Trainer:
         if config.init_weights and ckpt is None:
             self._load_initial_weights(config.init_weights)
         self.net.gradient_checkpointing = bool(config.gradient_checkpointing)
-        self.loss_module = LossModule(self.net, self.config.loss)
+        self.loss_module = LossModule(self.net, self.config.loss,
+                                      self.config.shape_weight)
         self.phases = make_phases(config)
         self.phase_index = self.step = self.global_step = 0
         self.samples_seen = self.n_skipped = 0
@@ -265,6 +266,9 @@ class Trainer:
                 try:
                     bank = SampleBank.load(fname, specs, size, sim, seed, net_kw,
                                            self.device, self.dtype)
+                    if bank.upgraded:
+                        bank.save(fname.with_suffix(".tmp"))
+                        fname.with_suffix(".tmp").replace(fname)
                 except (ValueError, OSError, RuntimeError, KeyError) as err:
                     logger.info(f"Rebuilding the bank {fname}: {err}")
             if bank is None:
@@ -557,7 +561,8 @@ class Trainer:
         ``val_ref`` that of classical convex bounding at the same depth on
         the same samples, ``val_log_ratio`` the mean log-ratio of the two
         (the objective of ``loss="log-ratio"`` without its hinge; < 0:
-        better than classical), ``val_harm`` the fraction of samples where
+        better than classical), ``val_shape_log_ratio`` the same for the
+        shape errors, ``val_harm`` the fraction of samples where
         the network is more than 1 % worse, and ``val_shards`` both means
         per lead field.
         """
@@ -572,8 +577,10 @@ class Trainer:
         ref = np.concatenate([r["ref"] for r in res.values()])
         rec = dict(event="val", **self._where(), val_loss=float(err.mean()),
                    val_ref=float(ref.mean()),
-                   val_log_ratio=float(np.mean(
-                       np.log(err + LOG_RATIO_EPS) - np.log(ref + LOG_RATIO_EPS))),
+                   val_log_ratio=_mean_log_ratio(err, ref),
+                   val_shape_log_ratio=_mean_log_ratio(
+                       np.concatenate([r["shape"] for r in res.values()]),
+                       np.concatenate([r["shape_ref"] for r in res.values()])),
                    val_harm=float((err > 1.01 * ref).mean()),
                    val_shards={k: [float(r["nmse"].mean()), float(r["ref"].mean())]
                                for k, r in res.items()})
@@ -726,3 +733,9 @@ def train(config, *, out_dir=None, resume=False, leadfields=None):
 
 
 __all__ = ["Trainer", "Phase", "make_phases", "train", "EXIT_STOPPED"]
+
+
+def _mean_log_ratio(err, ref):
+    """Mean log-ratio of two error arrays, as the log-ratio objective."""
+    return float(np.mean(np.log(err + LOG_RATIO_EPS)
+                         - np.log(ref + LOG_RATIO_EPS)))

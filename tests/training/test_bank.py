@@ -298,3 +298,82 @@ def test_feature_set_config_builds_the_network_it_names():
     assert load_config(TINY).network_kwargs(120, 20)["features"] == "relative"
     with pytest.raises(ValueError, match="features must be one of"):
         load_config(TINY, features="raw")
+
+
+def test_shape_error_is_the_error_of_the_best_scaled_estimate():
+    """nmse_lowrank(shape=True): min_a ||a Xhat - X||^2 / ||X||^2."""
+    spec = _spec()
+    L = torch.as_tensor(spec.L_inv)
+    sim = EEGSimulator(spec.L_sims[1], spec.pos, SIM, dtype=torch.float64, seed=1)
+    s = sim.sample(5, seed=4)
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    with torch.no_grad():
+        out = net(L, covariance_statistic(s["Y"]), null_space=sim.null_space)
+    yn = out.y_scale[:, None, None]
+    Yn, Xn = s["Y"] / yn, s["X"] * out.l_scale / yn
+    T = s["Y"].shape[-1]
+    from mne_unfolded_sbl.core.solver import posterior_kernel
+
+    with torch.no_grad():
+        K = posterior_kernel(out.L_n, out.gamma_n, out.lam_n, out.null_space)
+        Xh = K @ Yn
+        F, A = lowrank_cross(Xn, Yn, SIM.n_sources[1])
+        err, shape = nmse_lowrank(out.L_n, out.L_n.T.contiguous(), out.gamma_n,
+                                  out.lam_n, out.null_space, out.Cy_n, F, A,
+                                  Xn.square().sum((1, 2)) / T, shape=True)
+    for b in range(5):
+        xh, x = Xh[b].ravel().numpy(), Xn[b].ravel().numpy()
+        a = xh @ x / (xh @ xh)  # the best scale
+        best = np.sum((a * xh - x) ** 2) / np.sum(x ** 2)
+        assert shape[b].item() == pytest.approx(best, rel=1e-7, abs=1e-12)
+        assert shape[b].item() <= err[b].item() + 1e-12
+    # the bank's classical shape references are those of classical CB
+    bank = SampleBank([spec], 8, SIM, 0, NET, "cpu", torch.float64)
+    sh = bank.shards[0]
+    idx = torch.arange(sh.n)
+    cb = classical_network(4, True).double()
+    with torch.no_grad():
+        o = cb.run(sh.problem(idx))
+    np.testing.assert_allclose(sh.nmse(idx, o.gamma_n, o.lam_n, shape=True)[1],
+                               sh.s_ref[:, 3], rtol=1e-10)
+
+
+def test_shape_term_adds_the_log_ratio_of_shape_errors():
+    from mne_unfolded_sbl.training.loss import LOG_RATIO_EPS, LossModule
+
+    bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
+    batch = bank.batch(0, 0, 8)
+    shard, idx = batch["shard"], batch["idx"]
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    loss, _, _ = LossModule(net, "log-ratio", shape_weight=0.5)(
+        None, batch, 4, harm_weight=2.0)
+    with torch.no_grad():
+        out = net.run(shard.problem(idx))
+        err, shape = shard.nmse(idx, out.gamma_n, out.lam_n, shape=True)
+
+    def scored(e, ref):
+        r = torch.log(e + LOG_RATIO_EPS) - torch.log(ref + LOG_RATIO_EPS)
+        return r.mean() + 2.0 * torch.relu(r).mean()
+
+    want = scored(err, shard.l_ref[idx, 3]) + 0.5 * scored(shape,
+                                                           shard.s_ref[idx, 3])
+    np.testing.assert_allclose(float(loss.detach()), float(want), rtol=1e-9)
+    with pytest.raises(ValueError, match="shape_weight"):
+        LossModule(net, "nmse", shape_weight=1.0)
+    with pytest.raises(ValueError, match="shape_weight"):
+        load_config(TINY, shape_weight=1.0)
+
+
+def test_bank_saved_without_shape_references_gets_them_on_load(tmp_path):
+    specs = [_spec()]
+    bank = SampleBank(specs, 10, SIM, 0, NET, "cpu", torch.float64)
+    bank.save(tmp_path / "bank.pt")
+    d = torch.load(tmp_path / "bank.pt", weights_only=True)
+    for sh in d["shards"]:
+        del sh["s_ref"]  # as written before the shape errors existed
+    torch.save(d, tmp_path / "old.pt")
+    back = SampleBank.load(tmp_path / "old.pt", specs, 10, SIM, 0, NET, "cpu",
+                           torch.float64)
+    torch.testing.assert_close(back.shards[0].s_ref, bank.shards[0].s_ref,
+                               rtol=1e-10, atol=1e-12)
+    assert back.upgraded and not bank.upgraded
