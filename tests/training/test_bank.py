@@ -47,18 +47,25 @@ def _perturbed(net, scale=0.3, seed=0):
     return net
 
 
-def test_nmse_from_stats_matches_posterior_mean():
-    """The T-free loss equals the error of the posterior mean on Y."""
+def _solved(n, seed):
+    """A perturbed Deep CB's output on ``n`` simulated samples, with the
+    samples and the normalised ``Y_n``, ``X_n``."""
     spec = _spec()
     L = torch.as_tensor(spec.L_inv)
     sim = EEGSimulator(spec.L_sims[1], spec.pos, SIM, dtype=torch.float64, seed=1)
-    s = sim.sample(6, seed=3)
+    s = sim.sample(n, seed=seed)
     net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
     with torch.no_grad():
         out = net(L, covariance_statistic(s["Y"]), null_space=sim.null_space)
-        direct = nmse(out.posterior_mean(s["Y"]), s["X"])
     yn = out.y_scale[:, None, None]
-    Yn, Xn = s["Y"] / yn, s["X"] * out.l_scale / yn
+    return s, out, s["Y"] / yn, s["X"] * out.l_scale / yn
+
+
+def test_nmse_from_stats_matches_posterior_mean():
+    """The T-free loss equals the error of the posterior mean on Y."""
+    s, out, Yn, Xn = _solved(6, 3)
+    with torch.no_grad():
+        direct = nmse(out.posterior_mean(s["Y"]), s["X"])
     T = s["Y"].shape[-1]
     from mne_unfolded_sbl.core.solver import posterior_kernel
 
@@ -302,15 +309,8 @@ def test_feature_set_config_builds_the_network_it_names():
 
 def test_shape_error_is_the_error_of_the_best_scaled_estimate():
     """nmse_lowrank(shape=True): min_a ||a Xhat - X||^2 / ||X||^2."""
+    s, out, Yn, Xn = _solved(5, 4)
     spec = _spec()
-    L = torch.as_tensor(spec.L_inv)
-    sim = EEGSimulator(spec.L_sims[1], spec.pos, SIM, dtype=torch.float64, seed=1)
-    s = sim.sample(5, seed=4)
-    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
-    with torch.no_grad():
-        out = net(L, covariance_statistic(s["Y"]), null_space=sim.null_space)
-    yn = out.y_scale[:, None, None]
-    Yn, Xn = s["Y"] / yn, s["X"] * out.l_scale / yn
     T = s["Y"].shape[-1]
     from mne_unfolded_sbl.core.solver import posterior_kernel
 
