@@ -206,30 +206,33 @@ class _Shard:
                          for r, k in enumerate(counts) if k]
             for r, k, seed_p in parts:
                 s = sims[r][which].sample(k, seed=seed_p)
-                for key, v in self._statistics(L, s, rank, dtype).items():
+                stats, lead_field = self._statistics(L, s, rank, dtype)
+                for key, v in stats.items():
                     chunks[key].append(v)
         for k, v in chunks.items():
             if v:
                 setattr(self, k, torch.cat(v))
-        self.L_n, self.l_scale, self.Lt = self._lead_field
+        self.L_n, self.l_scale, self.Lt = lead_field
         self.reset()
         self.l_ref, self.s_ref = self._classical_reference(
             net_kwargs["n_layers"])
 
     def _statistics(self, L, s, rank, dtype):
-        """The stored statistics of the simulated samples ``s``."""
+        """The stored statistics of the simulated samples ``s``, and the
+        normalised lead field ``(L_n, l_scale, Lt)`` (the same for every
+        batch of the shard)."""
         Y, X = s["Y"], s["X"]
         nv = s.get("noise_var_given", s["noise_var"])
         prob = prepare(L, covariance_statistic(Y), nv, 0.1, self.null_space)
-        self._lead_field = (prob.L_n, prob.l_scale, prob.Lt)
         ys = prob.y_scale.to(dtype)
         Yn = Y / ys[:, None, None]
         Xn = X * (prob.l_scale.to(dtype) / ys)[:, None, None]
         F, A = lowrank_cross(Xn, Yn, rank)
-        return dict(Cy=prob.Cy_n.to(torch.float32), F=F.to(dtype),
-                    A=A.to(dtype),
-                    cxx=Xn.square().sum((1, 2), dtype=torch.float64) / Y.shape[-1],
-                    nv=(nv / ys[:, None] ** 2).to(dtype), y_scale=prob.y_scale)
+        stats = dict(Cy=prob.Cy_n.to(torch.float32), F=F.to(dtype),
+                     A=A.to(dtype),
+                     cxx=Xn.square().sum((1, 2), dtype=torch.float64) / Y.shape[-1],
+                     nv=(nv / ys[:, None] ** 2).to(dtype), y_scale=prob.y_scale)
+        return stats, (prob.L_n, prob.l_scale, prob.Lt)
 
     # -- states ----------------------------------------------------------
     def initial_state(self, idx):

@@ -732,10 +732,11 @@ def train(config, *, out_dir=None, resume=False, leadfields=None):
     return trainer
 
 
-__all__ = ["Trainer", "Phase", "make_phases", "train", "EXIT_STOPPED"]
-
-
 def _mean_log_ratio(err, ref):
     """Mean log-ratio of two error arrays, as the log-ratio objective."""
     return float(np.mean(np.log(err + LOG_RATIO_EPS)
                          - np.log(ref + LOG_RATIO_EPS)))
+
+
+__all__ = ["Trainer", "Phase", "make_phases", "train", "EXIT_STOPPED"]
+
