@@ -23,6 +23,17 @@ under another name from a ``git archive`` copy; the same bundled network
 weights), interleaved with the current code::
 
     python benchmarks/bench_latency.py --repeats 21 --baseline-rev HEAD
+
+Threads: by default every library keeps its own setting (pin them with
+``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1`` for the
+one-thread table), and the solver of one evoked response runs on one
+torch thread whatever the setting (``inverse._SERIAL_BATCH``).
+``--threads N`` (``0``: one per CPU) sets torch's and NumPy's BLAS
+threads to ``N`` for both methods; ``--serial-rule off`` lets the solver
+use them too, ``both`` times our models with and without the rule, in
+turns (the rule's check)::
+
+    python benchmarks/bench_latency.py --threads 0 --serial-rule both
 """
 
 import argparse
@@ -41,6 +52,7 @@ import mne
 import numpy as np
 import torch
 
+import mne_unfolded_sbl.inverse as inverse
 from mne_unfolded_sbl import (apply_unfolded_sbl, apply_unfolded_sbl_epochs,
                               make_unfolded_sbl_operator)
 from mne_unfolded_sbl.core.simulator import SimulationConfig
@@ -85,14 +97,29 @@ def load_baseline(rev):
     sys.path.insert(0, tmp)
     try:
         pkg = importlib.import_module(name)
-        return pkg.apply_unfolded_sbl, pkg.make_unfolded_sbl_operator
+        return (pkg.apply_unfolded_sbl, pkg.make_unfolded_sbl_operator,
+                importlib.import_module(name + ".inverse"))
     finally:
         sys.path.remove(tmp)
 
 
 def _fmt(ts):
     q = np.quantile(ts, [0.1, 0.9])
-    return f"{1e3 * statistics.median(ts):.1f} ({1e3 * q[0]:.1f}-{1e3 * q[1]:.1f})"
+    return (f"{1e3 * statistics.median(ts):.1f} ({1e3 * q[0]:.1f}-"
+            f"{1e3 * q[1]:.1f}; min {1e3 * min(ts):.1f})")
+
+
+def _with_serial_batch(module, value, fn):
+    """``fn`` with ``module._SERIAL_BATCH`` (the batch size from which the
+    solver keeps the caller's threads) set to ``value`` during the call."""
+    def call():
+        old = module._SERIAL_BATCH
+        module._SERIAL_BATCH = value
+        try:
+            return fn()
+        finally:
+            module._SERIAL_BATCH = old
+    return call
 
 
 def main(argv=None):
@@ -115,8 +142,23 @@ def main(argv=None):
     p.add_argument("--baseline-rev", metavar="REV",
                    help="also time the package as it is at this git "
                    "revision (e.g. HEAD), interleaved")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="set torch's and NumPy's BLAS threads to N (0: one "
+                   "per CPU) for both methods; default: leave each library "
+                   "as the environment set it")
+    p.add_argument("--serial-rule", choices=("on", "off", "both"),
+                   default="on", help="whether our solver runs one evoked "
+                   "response on one torch thread (the package's rule, "
+                   "'on') or on the threads set ('off'); 'both' times "
+                   "each model both ways, in turns")
     p.add_argument("--out", help="write the table to this Markdown file")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        n_threads = args.threads or os.cpu_count()
+        torch.set_num_threads(n_threads)
+        threadpool_limits(n_threads)  # NumPy / SciPy BLAS (sLORETA)
     baseline = load_baseline(args.baseline_rev) if args.baseline_rev else None
     mne.set_log_level("error")
     fwd = make_template_forward("train-64", "ico3", bem_ico=3)
@@ -130,15 +172,29 @@ def main(argv=None):
     load0 = os.getloadavg()
     models = list(args.models)
     if baseline is not None:
-        apply_baseline, make_baseline_operator = baseline
+        apply_baseline, make_baseline_operator, inverse_baseline = baseline
         op_baseline = make_baseline_operator(evoked_full.info, fwd, cov)
         models = [f"{m} ({args.baseline_rev})" for m in args.models] + models
+    # "<model> [threads]": the solver on the threads set (no serial rule)
+    threaded = " [threads]"
+    if args.serial_rule == "off":
+        models = [m + threaded for m in models]
+    elif args.serial_rule == "both":
+        models = models + [m + threaded for m in models]
 
     def call(model, ev):
+        serial = not model.endswith(threaded)
+        model = model.removesuffix(threaded)
         if model.endswith(")"):
             name = model.rsplit(" (", 1)[0]
-            return lambda: apply_baseline(ev, op_baseline, None, name).data
-        return lambda: apply_unfolded_sbl(ev, op, None, model).data
+            fn, module = (lambda: apply_baseline(ev, op_baseline, None,
+                                                 name).data,
+                          inverse_baseline)
+        else:
+            fn, module = (lambda: apply_unfolded_sbl(ev, op, None,
+                                                     model).data, inverse)
+        # 1: every batch keeps the threads set
+        return fn if serial else _with_serial_batch(module, 1, fn)
 
     for T in args.times:
         ev = evoked_full.copy().crop(tmax=evoked_full.times[T - 1])
@@ -159,14 +215,23 @@ def main(argv=None):
              "* thread settings: " + (", ".join(
                  f"{k}={os.environ[k]}" for k in (
                      "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                     "MKL_NUM_THREADS") if k in os.environ) or "defaults"),
+                     "MKL_NUM_THREADS") if k in os.environ) or "defaults")
+             + ("" if args.threads is None else
+                f"; --threads {args.threads}: torch and BLAS on "
+                f"{torch.get_num_threads()} threads")
+             + "; our solver on one torch thread per evoked response "
+             + {"on": "(the package's rule)",
+                "off": "off: on the threads set",
+                "both": "(plain names) and on the threads set "
+                        "(`[threads]`)"}[args.serial_rule],
              f"* load average (1/5/15 min) {load0[0]:.2f} / {load0[1]:.2f} / "
              f"{load0[2]:.2f} at the start, {load1[0]:.2f} / {load1[1]:.2f} / "
              f"{load1[2]:.2f} at the end",
              f"* command: python benchmarks/bench_latency.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}",
              f"* {'CPU' if args.cpu_time else 'wall'} "
-             "ms per call incl. reading stc.data: median (10-90 %), "
+             "ms per call incl. reading stc.data: median (10-90 %; "
+             "minimum), "
              "prepared operators, methods taking turns call by call"
              + (f", {args.pause:g} s idle before each call" if args.pause
                 else ""), "",

@@ -591,15 +591,18 @@ def _solve(model, which, basis, op, Cy, nave, learn_noise, device, dtype,
     with torch.no_grad(), _solver_threads(dev, len(Cy)):
         out = model(L, torch.as_tensor(Cy, device=dev), noise_var,
                     null_space=op.null_space, n_orient=n_orient)
-        K_t = out.posterior_kernel().to(torch.float64)
         var = out.posterior_variance() if posterior_var else None
         if basis is None:
             # the kernel of the data as recorded (col_std and whitener
-            # folded in), one float64 product on the solver's threads
-            K_t = K_t.cpu()
-            K = ((K_t * _operator_tensor(op, "col_std", sm.col_std)[:, None])
-                 @ _operator_tensor(op, "whitener", op.whitener)).numpy()
-        K_solver = K_t.cpu().numpy()
+            # folded in): the whitener multiplies the M x M inverse before
+            # the product with the lead field (one N M^2 product, not two)
+            K_t = out.posterior_kernel(right=_operator_tensor(
+                op, "whitener", op.whitener)).to(torch.float64).cpu()
+            K = (K_t * _operator_tensor(op, "col_std", sm.col_std)[:, None]
+                 ).numpy()
+            K_solver = None
+        else:
+            K_solver = out.posterior_kernel().to(torch.float64).cpu().numpy()
     gamma = out.gamma.to(torch.float64).cpu().numpy()
     if var is not None:
         var = var.to(torch.float64).cpu().numpy()

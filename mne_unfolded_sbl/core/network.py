@@ -16,9 +16,9 @@ from torch.utils.checkpoint import checkpoint
 from ._utils import check_positive_int
 from .corrections import (AttentionCorrection, BiasCorrection, MLPCorrection,
                           check_features)
-from .solver import (CBState, cb_iteration, model_covariance, posterior_kernel,
-                     posterior_mean, posterior_variance, precision, prepare,
-                     type2_cost)
+from .solver import (CBState, cb_iteration, model_covariance,
+                     posterior_kernel, posterior_mean, posterior_variance,
+                     precision, prepare, type2_cost)
 
 #: Correction families by model name.
 MODELS = ("cb", "bias-cb", "deep-cb", "deep-attn-cb")
@@ -56,6 +56,9 @@ class UnfoldedOutput:
     trajectory: list = field(default_factory=list)
     null_space: object = None
     Cy_n: torch.Tensor = None  # the normalised statistics the layers saw
+    #: ``L_n Gamma_n L_n^T`` of the final state (formed by the last layer;
+    #: the posterior kernel reuses it), or None
+    S_n: torch.Tensor = None
 
     def _state(self, layer):
         if layer is None:
@@ -79,15 +82,26 @@ class UnfoldedOutput:
         scale = (self.y_scale / self.l_scale).to(Xn.dtype)[:, None, None]
         return Xn * scale
 
-    def posterior_kernel(self, layer=None):
+    def posterior_kernel(self, layer=None, right=None):
         """Linear map ``K`` (B, N, M) with posterior mean ``K @ Y``.
 
         In the units of the input lead field: ``K @ Y`` equals
         :meth:`posterior_mean` for the data ``Y`` the statistics came from,
         at a cost that does not depend on the number of time samples.
+
+        Parameters
+        ----------
+        layer : int | None
+            As in :meth:`posterior_mean`.
+        right : torch.Tensor, shape (M, M') | None
+            Return ``K @ right`` instead (e.g. with the whitener: the
+            kernel of the data as recorded), with ``right`` applied to the
+            ``M x M`` inverse before the product with the lead field.
         """
         g, lm = self._state(layer)
-        K = posterior_kernel(self.L_n, g, lm, self.null_space)
+        # the final state's L Gamma L^T is the last layer's
+        S = self.S_n if layer is None else None
+        K = posterior_kernel(self.L_n, g, lm, self.null_space, S, right)
         return K / self.l_scale.to(K.dtype)
 
     def posterior_variance(self, layer=None):
@@ -309,7 +323,7 @@ class UnfoldedSBL(nn.Module):
         return UnfoldedOutput(
             gamma=gamma, lam=lam, gamma_n=state.gamma, lam_n=state.lam,
             L_n=L_n, l_scale=prob.l_scale, y_scale=prob.y_scale,
-            trajectory=trajectory, null_space=null, Cy_n=Cy_n)
+            trajectory=trajectory, null_space=null, Cy_n=Cy_n, S_n=state.S)
 
     def _checkpointed(self, layer, L_n, Cy_n, state, null, with_cost, Lt):
         def run(gamma, lam, S):

@@ -248,6 +248,31 @@ class NullSpace:
         completed by a unit variance on the null directions."""
         return C - self._pcp_correction(C) + self.QQt
 
+    @property
+    def P(self):
+        """The projector ``I - Q Q^T`` onto the data subspace, (M, M)
+        float64 (made on first use)."""
+        P = self.__dict__.get("_P")
+        if P is None:
+            P = torch.eye(self.Q.shape[0], dtype=self.Q.dtype,
+                          device=self.Q.device) - self.QQt
+            self._P = P
+        return P
+
+    def noise_matrix(self, lam):
+        """``P diag(lam) P + Q Q^T`` for noise variances ``lam`` (B, M):
+        the noise part of the completed model covariance, float64 (B, M, M).
+
+        ``Sigma_y = S + noise_matrix(lam)`` equals :meth:`complete` of
+        ``S + diag(lam)`` for ``S = P S P`` (the source part ``L Gamma L^T``
+        with ``L = P L``), up to round-off. The inference path forms it
+        once per layer for both factorisations (two operations instead
+        of the completion's nine per factorisation).
+        """
+        P = self.P
+        return torch.baddbmm(self.QQt, P * lam[:, None, :],
+                             P.expand(lam.shape[0], -1, -1))
+
     def complete_(self, C):
         """:meth:`complete` in place, for inference (no autograd).
 
@@ -394,6 +419,36 @@ def precision(S, lam, null_space=None):
         # P (S + Lambda) P + Q Q^T; P S P = S up to round-off (L = P L)
         sigma = (null_space.complete_(sigma) if inference
                  else null_space.complete(sigma))
+    return _factorize(sigma, inference)
+
+
+def _shared_noise(lam, null_space):
+    """The noise part of ``Sigma_y`` that both factorisations of an
+    inference layer share (:func:`_precision_with_noise`): ``lam`` itself
+    without a null space, else :meth:`NullSpace.noise_matrix`."""
+    return lam if null_space is None else null_space.noise_matrix(lam)
+
+
+def _precision_with_noise(S, noise):
+    """:func:`precision` on the inference path of a layer: ``Sigma_y = S
+    + noise`` with ``noise`` from :func:`_shared_noise` (a ``(B, M)``
+    diagonal or a ``(B, M, M)`` matrix). The source half-step and the
+    noise half-step of a layer factorise ``S + Lambda`` for two ``S`` and
+    the same ``Lambda``: with a null space its completion
+    ``P Lambda P + Q Q^T`` is formed once (``P S P = S`` up to round-off,
+    ``L = P L``). No autograd."""
+    sigma = S.to(torch.float64, copy=True)
+    if noise.ndim == 2:
+        sigma.diagonal(dim1=-2, dim2=-1).add_(noise)
+    else:
+        sigma.add_(noise)
+    return _factorize(sigma, True)
+
+
+def _factorize(sigma, inference):
+    """The Cholesky factor of ``sigma`` (B, M, M) float64 (with a jitter
+    for the samples whose factorisation fails) and the inverse, as a
+    :class:`Precision`."""
     # the factorisation reads the lower triangle only: no symmetrisation
     info = None
     if inference:
@@ -642,7 +697,7 @@ def _normalized_lead_field(L):
     return _LEAD_FIELD_CACHE.get(L, build, depends=lambda v: v[1:])
 
 
-def posterior_kernel(L, gamma, lam, null_space=None):
+def posterior_kernel(L, gamma, lam, null_space=None, S=None, right=None):
     """Linear map from data to posterior mean, ``K = Gamma L^T W``.
 
     Parameters
@@ -651,22 +706,41 @@ def posterior_kernel(L, gamma, lam, null_space=None):
     gamma : torch.Tensor, shape (B, N)
     lam : torch.Tensor, shape (B, M)
     null_space : NullSpace | None
+    S : torch.Tensor, shape (B, M, M) | None
+        ``L Gamma L^T`` where already formed (a network's final state
+        holds it), else formed here.
+    right : torch.Tensor, shape (M, M') | None
+        Return ``K @ right`` instead (e.g. with a whitener: the kernel of
+        the data as recorded), ``right`` applied to the ``M x M`` inverse
+        before the product with the lead field.
 
     Returns
     -------
-    K : torch.Tensor, shape (B, N, M), in the dtype of ``L``; the posterior
-        mean of data ``Y`` is ``K @ Y`` (one row per lead-field column).
+    K : torch.Tensor, shape (B, N, M) (``M'`` with ``right``), in the dtype
+        of ``L``; the posterior mean of data ``Y`` is ``K @ Y`` (one row
+        per lead-field column).
     """
-    return _kernel_and_gain(L, gamma, lam, null_space)[0]
+    return _kernel_and_gain(L, gamma, lam, null_space, S, right)[0]
 
 
-def _kernel_and_gain(L, gamma, lam, null_space):
-    """``(Gamma L^T W, L^T W)`` per column, both (B, N, M)."""
-    prec = precision(model_covariance(L, gamma), lam, null_space)
-    B, M = prec.W.shape[0], L.shape[0]
+def _kernel_and_gain(L, gamma, lam, null_space, S=None, right=None):
+    """``(Gamma L^T W, L^T W)`` per column, both (B, N, M).
+
+    ``S``: ``L Gamma L^T`` where already formed (the final state of a
+    network holds it), else formed here. ``right`` (M, M'): both are
+    multiplied by it on the right (e.g. by a whitener: the kernel of the
+    data as recorded), ``W right`` formed first (``M^2 M'``) so that the
+    product with the lead field stays the only ``N M M'`` one.
+    """
+    prec = precision(model_covariance(L, gamma) if S is None else S, lam,
+                     null_space)
+    W = prec.W
+    if right is not None:
+        W = W @ right.to(dtype=W.dtype, device=W.device)
+    B, M, Mr = W.shape
     # L^T W for the whole batch in one (N x M) @ (M x BM) product
-    LtW = (L.T @ prec.W.to(L.dtype).transpose(0, 1).reshape(M, B * M)
-           ).view(-1, B, M).transpose(0, 1)
+    LtW = (L.T @ W.to(L.dtype).transpose(0, 1).reshape(M, B * Mr)
+           ).view(-1, B, Mr).transpose(0, 1)
     g = column_variances(L, gamma).to(L.dtype)
     return g[:, :, None] * LtW, LtW
 
@@ -793,11 +867,15 @@ def prepare(L, Cy, noise_var=None, noise_init=0.1, null_space=None,
 
 
 def source_step(L, Cy, state, correction=None, rel_threshold=None,
-                null_space=None, with_cost=True, Lt=None):
+                null_space=None, with_cost=True, Lt=None, prec=None):
     """One convex-bounding source update (optionally corrected), in logs.
 
     ``log gamma <- 0.5 log(a + eps) - 0.5 log(b + eps) + Delta`` where
     ``Delta = correction(s, q, log_gamma)`` (zero for the classical solver).
+
+    ``prec``: the :class:`Precision` of ``state`` where the caller formed
+    it already (:func:`cb_iteration` on the inference path), else formed
+    here.
 
     Returns
     -------
@@ -806,7 +884,8 @@ def source_step(L, Cy, state, correction=None, rel_threshold=None,
         ``a, b, s, q, delta`` and the Type-II ``cost`` at the input state
         (None unless ``with_cost``).
     """
-    prec = precision(state.S, state.lam, null_space)
+    if prec is None:
+        prec = precision(state.S, state.lam, null_space)
     st = source_stats(L, Cy, state.gamma, prec, with_cost, Lt)
     log_g, s, q = _log_ratio(st, st.a, st.b)
     delta = None
@@ -819,13 +898,18 @@ def source_step(L, Cy, state, correction=None, rel_threshold=None,
     return gamma, dict(a=st.a, b=st.b, s=s, q=q, delta=delta, cost=st.cost)
 
 
-def noise_step(Cy, S, lam, correction=None, null_space=None, with_cost=True):
+def noise_step(Cy, S, lam, correction=None, null_space=None, with_cost=True,
+               prec=None):
     """One convex-bounding noise update (optionally corrected), in logs.
 
     Uses the posterior with the *updated* source variances (``S``) and the
     previous noise variances ``lam``, as in the alternating scheme.
+    ``prec``: the :class:`Precision` of ``S`` and ``lam`` where the
+    caller formed it already (:func:`cb_iteration` on the inference
+    path), else formed here.
     """
-    prec = precision(S, lam, null_space)
+    if prec is None:
+        prec = precision(S, lam, null_space)
     st = noise_stats(Cy, lam, prec, null_space, with_cost)
     log_l, u, v = _log_ratio(st, st.r, st.c)
     delta = None
@@ -846,14 +930,21 @@ def cb_iteration(L, Cy, state, learn_noise, source_correction=None,
     differs), so a joint iteration costs three ``M^2 N`` products.
     ``Lt`` is ``L.T.contiguous()`` (formed here when not given).
     """
+    # inference (no graph to record): the noise part of Sigma_y, which the
+    # two factorisations of the layer share, is formed once
+    # (_precision_with_noise); with a graph, precision() as before
+    noise = (_shared_noise(state.lam, null_space)
+             if not torch.is_grad_enabled() else None)
+    prec = None if noise is None else _precision_with_noise(state.S, noise)
     gamma, sinfo = source_step(L, Cy, state, source_correction, rel_threshold,
-                               null_space, with_cost, Lt)
+                               null_space, with_cost, Lt, prec)
     S = model_covariance(L, gamma)
     ninfo = None
     lam = state.lam
     if learn_noise:
+        prec = None if noise is None else _precision_with_noise(S, noise)
         lam, ninfo = noise_step(Cy, S, state.lam, noise_correction, null_space,
-                                with_cost)
+                                with_cost, prec)
     return CBState(gamma=gamma, lam=lam, S=S), sinfo, ninfo
 
 

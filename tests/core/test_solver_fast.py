@@ -456,3 +456,105 @@ def test_inference_precision_jitters_only_failing_samples():
     torch.testing.assert_close(fast.W, ref.W.detach())
     exact = torch.linalg.cholesky(S[0] + torch.diag(lam[0]))
     torch.testing.assert_close(fast.chol[0], exact)
+
+
+def _referenced_state(batch, dtype=torch.float64, seed=3):
+    """A referenced problem (first sample) and a random state on it."""
+    L, Y, Q = batch
+    null = NullSpace(Q)
+    Lt = torch.as_tensor(L, dtype=dtype)
+    Cy = covariance_statistic(torch.as_tensor(Y[:2]))
+    prob, gamma = _state(Lt, Cy, null, dtype, seed)
+    g = torch.Generator().manual_seed(seed)
+    lam = (0.05 + torch.rand(2, L.shape[0], generator=g,
+                             dtype=torch.float64)).to(dtype)
+    return prob, gamma, lam
+
+
+@pytest.mark.parametrize("with_null", [True, False])
+def test_shared_noise_precision_equals_precision(batch, with_null):
+    """The inference layer's factorisations (noise part formed once per
+    layer, P Lambda P + Q Q^T added to S) equal :func:`precision`, which
+    completes P (S + Lambda) P + Q Q^T, for S = L Gamma L^T of a
+    referenced lead field (L = P L)."""
+    prob, gamma, lam = _referenced_state(batch)
+    null = prob.null_space if with_null else None
+    S = model_covariance(prob.L_n, gamma)
+    ref = precision(S, lam, null)
+    with torch.no_grad():
+        noise = solver._shared_noise(lam, null)
+        fast = solver._precision_with_noise(S, noise)
+    scale = float(ref.W.abs().max())
+    torch.testing.assert_close(fast.W, ref.W, rtol=1e-10, atol=1e-12 * scale)
+    torch.testing.assert_close(fast.chol, ref.chol, rtol=1e-10, atol=1e-12)
+    if with_null:
+        # the noise matrix alone: P diag(lam) P + Q Q^T
+        P = torch.eye(null.Q.shape[0], dtype=torch.float64) - null.QQt
+        torch.testing.assert_close(
+            noise, P @ torch.diag_embed(lam) @ P + null.QQt, rtol=1e-13,
+            atol=1e-14)
+
+
+@pytest.mark.parametrize("learn_noise", [True, False])
+def test_inference_layer_equals_out_of_place_layer(batch, learn_noise):
+    """One corrected layer: the inference path (shared noise part, in-place
+    statistics) equals the out-of-place path autograd records, float64."""
+    prob, gamma, lam = _referenced_state(batch)
+    net = _perturbed("deep-cb", learn_noise, "relative")
+    state = CBState(gamma, lam, model_covariance(prob.L_n, gamma))
+    layer = net.layers[0]
+    with torch.no_grad():
+        fast, _, _ = layer(prob.L_n, prob.Cy_n, state, learn_noise, None,
+                           prob.null_space, True, prob.Lt)
+    ref, _, _ = layer(prob.L_n, prob.Cy_n, state, learn_noise, None,
+                      prob.null_space, True, prob.Lt)
+    assert ref.gamma.requires_grad
+    for a, b in ((fast.gamma, ref.gamma), (fast.lam, ref.lam),
+                 (fast.S, ref.S)):
+        b = b.detach()
+        torch.testing.assert_close(a, b, rtol=1e-9,
+                                   atol=1e-12 * float(b.abs().max()))
+
+
+def test_float32_inference_close_to_float64(batch):
+    """float32 (the API's working precision) on the inference path: the
+    network output and kernel within 1e-4 (relative Frobenius) of the
+    same network in float64."""
+    L, Y, Q = batch
+    null = NullSpace(Q)
+    Cy = covariance_statistic(torch.as_tensor(Y[:1]))
+    net = _perturbed("deep-cb", True, "relative")
+    outs = {}
+    for dtype in (torch.float64, torch.float32):
+        with torch.no_grad():
+            out = net.to(dtype)(torch.as_tensor(L, dtype=dtype), Cy,
+                                null_space=null)
+            outs[dtype] = (out.gamma.double(), out.lam.double(),
+                           out.posterior_kernel().double())
+    for a, b in zip(outs[torch.float32], outs[torch.float64]):
+        assert float(torch.linalg.norm(a - b) / torch.linalg.norm(b)) < 1e-4
+
+
+def test_posterior_kernel_reuses_final_state_and_right_factor(batch):
+    """The kernel of the final state from its L Gamma L^T (held by the
+    output) equals the one formed afresh; ``right`` gives ``K @ right``."""
+    L, Y, Q = batch
+    null = NullSpace(Q)
+    Lt = torch.as_tensor(L)
+    Cy = covariance_statistic(torch.as_tensor(Y[:2]))
+    net = _perturbed("deep-cb", True, "relative")
+    with torch.no_grad():
+        out = net(Lt, Cy, null_space=null, return_trajectory=True)
+        assert out.S_n is not None
+        K = out.posterior_kernel()
+        K_last = out.posterior_kernel(layer=len(net.layers) - 1)  # afresh
+        right = torch.randn(L.shape[0], L.shape[0] + 3, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(0))
+        K_right = out.posterior_kernel(right=right)
+    torch.testing.assert_close(K, K_last, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(posterior_kernel(out.L_n, out.gamma_n,
+                                                out.lam_n, null)
+                               / out.l_scale, K, rtol=1e-12, atol=0.0)
+    scale = float((K @ right).abs().max())
+    torch.testing.assert_close(K_right, K @ right, rtol=1e-9,
+                               atol=1e-12 * scale)
