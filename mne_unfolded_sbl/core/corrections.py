@@ -201,13 +201,23 @@ class MLPCorrection(nn.Module):
 
 
 class AttentionCorrection(nn.Module):
-    """Deep Attn CB source branch: self-attention over the active sources.
+    """Deep Attn CB source branch: the Deep CB MLP augmented with
+    self-attention over the active sources.
 
-    ``H = LayerNorm(Z W_e + b_e)``, ``H' = H + MHSA(H)``, ``Delta = MLP(H')``
-    with the last layer zero-initialised.  The attended set is the sources
-    whose classical proposal ``0.5 (s - q)`` lies within ``log(1/rel_active)``
-    of the sample's maximum, at most ``max_tokens`` of them (the largest
-    first); all other sources get no correction. The attention itself is
+    ``Delta = MLP_p(Z) + MLP_a(H')`` with ``H = LayerNorm(Z W_e + b_e)``,
+    ``H' = H + MHSA(H)``: the pointwise residual MLP of Deep CB
+    (:class:`MLPCorrection`, same shape, under ``pointwise``) on every
+    source, plus the attention decoder's term on the attended ones (the
+    paper's "augmenting the source MLP with spatial self-attention"). Both
+    last layers start at zero. A Deep Attn CB therefore contains Deep CB:
+    with the decoder at zero and a Deep CB's weights in ``pointwise`` it
+    *is* that Deep CB, and a run started from a Deep CB
+    (``init_weights``) improves on it rather than on the classical solver.
+
+    The attended set is the sources whose classical proposal
+    ``0.5 (s - q)`` lies within ``log(1/rel_active)`` of the sample's
+    maximum, at most ``max_tokens`` of them (the largest first); the other
+    sources get the pointwise term only. The attention itself is
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels
     where the device has them) with the inactive tokens masked out as keys,
     so the cost is ``O(max_tokens^2)`` per sample whatever the source space.
@@ -229,6 +239,7 @@ class AttentionCorrection(nn.Module):
                                     nn.Linear(hidden, 1))
         nn.init.zeros_(self.decode[-1].weight)
         nn.init.zeros_(self.decode[-1].bias)
+        self.pointwise = _mlp(N_FEATURES, hidden, 2)
         self.log_rel_active = float(torch.log(torch.tensor(rel_active)))
         self.max_tokens = int(max_tokens)
 
@@ -255,5 +266,6 @@ class AttentionCorrection(nn.Module):
         H = self.norm(self.embed(zk))
         out = self.decode(H + self._attend(H, mask_k)).squeeze(-1)
         out = torch.where(mask_k, out, torch.zeros_like(out)).to(num_log.dtype)
-        full = torch.zeros_like(num_log).scatter(1, idx, out)
+        point = self.pointwise(z.to(wdt)).squeeze(-1).to(num_log.dtype)
+        full = point.scatter_add(1, idx, out)
         return _bound_correction(full, num_log, den_log, self.features)

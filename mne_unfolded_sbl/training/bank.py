@@ -22,10 +22,14 @@ and the loss need, in the normalised units of
   progressive phase the bank is advanced through the trained layer once
   (:meth:`SampleBank.advance`), so each step of the next phase runs one
   layer instead of ``k + 1``;
-* the per-sample, per-layer error and shape error (:func:`nmse_lowrank`)
-  of classical convex bounding at the same depth (``l_ref``, ``s_ref``),
-  the references of the objective and of its "do no harm" hinge
-  (:mod:`.loss`).
+* the true temporal RMS amplitude of every source (``x_rms``, N numbers),
+  the mass of the spatial term (:func:`~.loss.energy_distance`);
+* the regime of the mixture the sample was drawn from (``regime``), for
+  the objective's per-regime hinge;
+* the per-sample, per-layer error, shape error (:func:`nmse_lowrank`) and
+  spatial error (energy distance of the RMS maps) of classical convex
+  bounding at the same depth (``l_ref``, ``s_ref``, ``e_ref``), the
+  references of the objective and of its "do no harm" hinge (:mod:`.loss`).
 
 The bank is rebuilt deterministically from the seed when a run resumes, and
 advanced through the layers trained so far.
@@ -42,13 +46,14 @@ from ..core.simulator import EEGSimulator, derive_seed
 from ..core.solver import (CBState, NormalizedProblem, column_variances,
                            covariance_statistic, initial_state,
                            model_covariance, precision, prepare)
+from .loss import energy_distance
 
 _BUILD, _DRAW = 11, 12  # stream tags of derive_seed
 #: Version of the saved bank layout (:meth:`SampleBank.save`); bump it when
 #: the simulator or the stored statistics change.
-BANK_FORMAT = 1
+BANK_FORMAT = 3
 _TENSORS = ("Cy", "F", "A", "cxx", "nv", "y_scale", "L_n", "Lt", "l_scale",
-            "l_ref", "s_ref")
+            "x_rms", "regime", "l_ref", "s_ref", "e_ref")
 #: Samples per chunk when building and advancing a bank.
 CHUNK = 128
 
@@ -98,7 +103,7 @@ def lowrank_cross(X, Y, rank):
 
 
 def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n,
-                 shape=False):
+                 shape=False, rms=False):
     """Per-sample error of the posterior mean from low-rank statistics.
 
     ``||K Y_n - X_n||^2 / ||X_n||^2`` with ``K = Gamma L^T W`` at the state
@@ -118,11 +123,17 @@ def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n,
     uncertain estimate towards zero, which lowers the plain error but not
     the scale-free metrics (EMD, F1, localisation error).
 
+    With ``rms=True`` it also returns the temporal RMS amplitude of every
+    estimated source, ``gamma_n sqrt((L^T W Cy W L)_nn)`` (the mass of the
+    benchmark's EMD), from the same product.
+
     Returns
     -------
     nmse : torch.Tensor, shape (B,), float64
     shape_err : torch.Tensor, shape (B,), float64
         Only with ``shape=True``.
+    rms : torch.Tensor, shape (B, N)
+        Only with ``rms=True`` (last).
     """
     W = precision(model_covariance(L_n, gamma), lam, null_space).W
     Cy64 = Cy_n.to(torch.float64)
@@ -138,11 +149,14 @@ def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n,
     t2 = (g[:, :, None] * F.to(L_n.dtype) * u).sum((1, 2), dtype=torch.float64)
     cxx = cxx_n.to(torch.float64)
     err = ((t1 - 2.0 * t2 + cxx) / cxx).clamp_min(0.0)
-    if not shape:
-        return err
-    tiny = torch.finfo(torch.float64).tiny
-    cos2 = t2.square() / (t1 * cxx).clamp_min(tiny)
-    return err, (1.0 - cos2).clamp(0.0, 1.0)
+    out = [err]
+    if shape:
+        tiny = torch.finfo(torch.float64).tiny
+        cos2 = t2.square() / (t1 * cxx).clamp_min(tiny)
+        out.append((1.0 - cos2).clamp(0.0, 1.0))
+    if rms:
+        out.append(g * c.clamp_min(torch.finfo(c.dtype).tiny).sqrt())
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 @dataclass
@@ -167,6 +181,9 @@ class _Shard:
     def __init__(self, spec, n, sim_config, seed, index, net_kwargs, device,
                  dtype, saved=None):
         self.name = spec.name
+        #: source-to-source distances (m), the ground cost of the spatial term
+        self.dist = torch.cdist(*(2 * [torch.as_tensor(
+            np.asarray(spec.pos, np.float64))])).to(device, dtype)
         self.noise_init = float(net_kwargs.get("noise_init", 0.1))
         self.learn_noise = bool(net_kwargs.get("learn_noise", True))
         if saved is not None:  # from SampleBank.load: no simulation
@@ -178,9 +195,7 @@ class _Shard:
                 self.L_n.shape[0], device)
             self.reset()
             #: the saved bank lacked tensors that were computed here
-            self.upgraded = "s_ref" not in saved
-            if self.upgraded:  # a bank saved before the shape errors
-                _, self.s_ref = self._classical_reference(self.l_ref.shape[1])
+            self.upgraded = False
             return
         self.upgraded = False
         self.n = int(n)
@@ -192,7 +207,8 @@ class _Shard:
                  for Ls in spec.L_sims] for _, cfg in regimes]
         self.null_space = sims[0][0].null_space
         rank = max(int(cfg.n_sources[1]) for _, cfg in regimes)
-        chunks = dict(Cy=[], F=[], A=[], cxx=[], nv=[], y_scale=[])
+        chunks = dict(Cy=[], F=[], A=[], cxx=[], nv=[], y_scale=[], x_rms=[],
+                      regime=[])
         for c, start in enumerate(range(0, self.n, CHUNK)):
             b = min(CHUNK, self.n - start)
             seed_c = derive_seed(seed, _BUILD, index, c)
@@ -207,6 +223,8 @@ class _Shard:
             for r, k, seed_p in parts:
                 s = sims[r][which].sample(k, seed=seed_p)
                 stats, lead_field = self._statistics(L, s, rank, dtype)
+                stats["regime"] = torch.full((k,), r, dtype=torch.long,
+                                             device=device)
                 for key, v in stats.items():
                     chunks[key].append(v)
         for k, v in chunks.items():
@@ -214,7 +232,7 @@ class _Shard:
                 setattr(self, k, torch.cat(v))
         self.L_n, self.l_scale, self.Lt = lead_field
         self.reset()
-        self.l_ref, self.s_ref = self._classical_reference(
+        self.l_ref, self.s_ref, self.e_ref = self._classical_reference(
             net_kwargs["n_layers"])
 
     def _statistics(self, L, s, rank, dtype):
@@ -231,7 +249,8 @@ class _Shard:
         stats = dict(Cy=prob.Cy_n.to(torch.float32), F=F.to(dtype),
                      A=A.to(dtype),
                      cxx=Xn.square().sum((1, 2), dtype=torch.float64) / Y.shape[-1],
-                     nv=(nv / ys[:, None] ** 2).to(dtype), y_scale=prob.y_scale)
+                     nv=(nv / ys[:, None] ** 2).to(dtype), y_scale=prob.y_scale,
+                     x_rms=Xn.square().mean(-1).sqrt().to(dtype))
         return stats, (prob.L_n, prob.l_scale, prob.Lt)
 
     # -- states ----------------------------------------------------------
@@ -262,12 +281,18 @@ class _Shard:
                                  self.l_scale, self.y_scale[idx], state,
                                  self.null_space, self.Lt)
 
-    def nmse(self, idx, gamma, lam, shape=False):
-        """Per-sample error of the posterior mean at ``(gamma, lam)`` (and
-        its shape error with ``shape=True``, see :func:`nmse_lowrank`)."""
-        return nmse_lowrank(self.L_n, self.Lt, gamma, lam, self.null_space,
-                            self.Cy[idx], self.F[idx], self.A[idx],
-                            self.cxx[idx], shape=shape)
+    def nmse(self, idx, gamma, lam, shape=False, spatial=False):
+        """Per-sample error of the posterior mean at ``(gamma, lam)``, with
+        ``shape=True`` also its shape error (:func:`nmse_lowrank`), with
+        ``spatial=True`` also its spatial error (the energy distance of the
+        estimated and true RMS maps, :func:`~.loss.energy_distance`)."""
+        out = nmse_lowrank(self.L_n, self.Lt, gamma, lam, self.null_space,
+                           self.Cy[idx], self.F[idx], self.A[idx],
+                           self.cxx[idx], shape=shape, rms=spatial)
+        if not spatial:
+            return out
+        *head, rms = out
+        return (*head, energy_distance(self.x_rms[idx], rms, self.dist))
 
     @torch.no_grad()
     def advance(self, net, start, stop):
@@ -279,19 +304,21 @@ class _Shard:
 
     @torch.no_grad()
     def _classical_reference(self, n_layers):
-        """Errors and shape errors of classical convex bounding after every
-        layer, two (n, K) tensors."""
+        """Errors, shape errors and spatial errors of classical convex
+        bounding after every layer, three (n, K) tensors."""
         net = classical_network(n_layers, self.learn_noise,
                                 noise_init=self.noise_init).to(
             self.L_n.device, self.L_n.dtype)
-        ref, sref = (torch.empty(self.n, n_layers, dtype=torch.float64,
-                                 device=self.L_n.device) for _ in range(2))
+        refs = [torch.empty(self.n, n_layers, dtype=torch.float64,
+                            device=self.L_n.device) for _ in range(3)]
         for idx in self._chunks():
             out = net.run(self.problem(idx), return_trajectory=True)
             for k, st in enumerate(out.trajectory):
-                ref[idx, k], sref[idx, k] = self.nmse(
-                    idx, st["gamma"], st["lam"], shape=True)
-        return ref, sref
+                vals = self.nmse(idx, st["gamma"], st["lam"], shape=True,
+                                 spatial=True)
+                for ref, v in zip(refs, vals):
+                    ref[idx, k] = v.to(torch.float64)
+        return tuple(refs)
 
 
 def _regimes(sim_config):
@@ -346,11 +373,6 @@ class SampleBank:
         self.position = 0
         logger.info("Sample bank: " + ", ".join(
             f"{s.name} {s.n}" for s in self.shards))
-
-    @property
-    def upgraded(self):
-        """Whether loading computed tensors its file lacks (save it again)."""
-        return any(s.upgraded for s in self.shards)
 
     @property
     def size(self):
@@ -410,21 +432,27 @@ class SampleBank:
         -------
         res : dict
             ``nmse`` and ``ref`` (classical at the same depth), ``shape``
-            and ``shape_ref`` (the shape errors), per shard name, as numpy
-            arrays.
+            and ``shape_ref`` (the shape errors), ``spatial`` and
+            ``spatial_ref`` (the spatial errors) and ``regime`` (each
+            sample's regime), per shard name, as numpy arrays.
         """
         res = {}
         for s in self.shards:
-            err, shape = [], []
+            err, shape, spatial = [], [], []
             for idx in s._chunks():
                 out = net.run(s.problem(idx), start=self.position, stop=stop)
-                e, sh = s.nmse(idx, out.gamma_n, out.lam_n, shape=True)
+                e, sh, sp = s.nmse(idx, out.gamma_n, out.lam_n, shape=True,
+                                   spatial=True)
                 err.append(e)
                 shape.append(sh)
+                spatial.append(sp)
             res[s.name] = dict(nmse=torch.cat(err).cpu().numpy(),
                                ref=s.l_ref[:, stop - 1].cpu().numpy(),
                                shape=torch.cat(shape).cpu().numpy(),
-                               shape_ref=s.s_ref[:, stop - 1].cpu().numpy())
+                               shape_ref=s.s_ref[:, stop - 1].cpu().numpy(),
+                               spatial=torch.cat(spatial).cpu().numpy(),
+                               spatial_ref=s.e_ref[:, stop - 1].cpu().numpy(),
+                               regime=s.regime.cpu().numpy())
         return res
 
 

@@ -36,7 +36,8 @@ SECTIONS = {
               "gradient_checkpointing"),
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
                  "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers",
-                 "loss", "harm_weight", "shape_weight"),
+                 "loss", "harm_weight", "shape_weight", "spatial_weight",
+                 "regime_weight"),
     "data": ("train_leadfield", "val_leadfield", "montage", "spacing",
              "conductivity", "val_conductivity", "bem_ico", "data_mode",
              "bank_size", "bank_shards", "bank_shard_weights",
@@ -91,7 +92,12 @@ class TrainConfig:
         bounding at the same depth (bank training only; see
         :mod:`mne_unfolded_sbl.training.loss`); ``shape_weight``: the weight
         of the same log-ratio on the shape error (the error of the
-        best-scaled estimate; log-ratio objective only).
+        best-scaled estimate; log-ratio objective only);
+        ``spatial_weight``: the same on the spatial error (the energy
+        distance of the estimated and true maps of source amplitude;
+        log-ratio objective only); ``regime_weight``: the hinge on every
+        regime's mean log-ratio in a batch (``bank_regimes``; log-ratio
+        objective only).
     Data
         Lead fields from ``.npz`` files (``train_leadfield``,
         ``val_leadfield``, written by
@@ -161,6 +167,8 @@ class TrainConfig:
     loss: str = "nmse"
     harm_weight: float = 0.0
     shape_weight: float = 0.0
+    spatial_weight: float = 0.0
+    regime_weight: float = 0.0
     # data
     train_leadfield: str = ""
     val_leadfield: str = ""
@@ -229,10 +237,11 @@ class TrainConfig:
         if self.loss == "log-ratio" and self.data_mode != "bank":
             raise ValueError("loss='log-ratio' needs data_mode='bank' (the "
                              "classical reference errors live in the bank).")
-        if self.shape_weight < 0 or (self.shape_weight > 0
-                                     and self.loss != "log-ratio"):
-            raise ValueError("shape_weight must be >= 0, and > 0 only with "
-                             f"loss='log-ratio'; got {self.shape_weight}")
+        for name in ("shape_weight", "spatial_weight", "regime_weight"):
+            w = getattr(self, name)
+            if w < 0 or (w > 0 and self.loss != "log-ratio"):
+                raise ValueError(f"{name} must be >= 0, and > 0 only with "
+                                 f"loss='log-ratio'; got {w}")
         if self.harm_weight < 0:
             raise ValueError(f"harm_weight must be >= 0, got {self.harm_weight}")
         if self.harm_weight > 0 and self.data_mode != "bank":

@@ -53,7 +53,8 @@ from .config import RUNTIME_FIELDS, TrainConfig
 from .data import SimulatedData, load_leadfields
 from ..core.weights import load_model, save_model
 from .export import write_model_card
-from .loss import LOG_RATIO_EPS, LossModule, draw_ds_layers, nmse
+from .loss import (LOG_RATIO_EPS, SPATIAL_EPS, LossModule, draw_ds_layers,
+                   nmse)
 
 #: Exit status of a run that stopped early (time limit, signal): resume it.
 EXIT_STOPPED = 75
@@ -170,7 +171,9 @@ class Trainer:
             self._load_initial_weights(config.init_weights)
         self.net.gradient_checkpointing = bool(config.gradient_checkpointing)
         self.loss_module = LossModule(self.net, self.config.loss,
-                                      self.config.shape_weight)
+                                      self.config.shape_weight,
+                                      self.config.spatial_weight,
+                                      self.config.regime_weight)
         self.phases = make_phases(config)
         self.phase_index = self.step = self.global_step = 0
         self.samples_seen = self.n_skipped = 0
@@ -197,12 +200,28 @@ class Trainer:
     def _load_initial_weights(self, source):
         """Start from trained weights (a file or a registered name)."""
         src = load_model(source, learn_noise=self.config.learn_noise)
-        if src.config != self.net.config:
-            diff = {k: (src.config.get(k), v) for k, v in self.net.config.items()
-                    if src.config.get(k) != v}
+        # a Deep Attn CB may start from a Deep CB: its pointwise MLP takes the
+        # Deep CB's source MLP, the attention decoder stays at zero
+        widen = (src.config.get("model"), self.net.config["model"]) == (
+            "deep-cb", "deep-attn-cb")
+        free = ("model", "embed_dim", "n_heads", "n_sources",
+                "n_sensors") if widen else ()
+        diff = {k: (src.config.get(k), v) for k, v in self.net.config.items()
+                if src.config.get(k) != v and k not in free}
+        if diff:
             raise ValueError(f"init_weights={source!r} has another architecture "
                              f"than this run (weights vs run: {diff}).")
-        self.net.load_state_dict(src.state_dict())
+        state = src.state_dict()
+        if widen:
+            state = {k.replace(".source_correction.net.",
+                               ".source_correction.pointwise."): v
+                     for k, v in state.items()}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if unexpected or any(".pointwise." in k or ".noise_correction." in k
+                             or not widen for k in missing):
+            raise ValueError(f"init_weights={source!r} does not fit this run's "
+                             f"network (missing {missing}, unexpected "
+                             f"{unexpected}).")
         logger.info(f"Initialised the corrections from {source}")
 
     # ------------------------------------------------------------------
@@ -266,9 +285,6 @@ class Trainer:
                 try:
                     bank = SampleBank.load(fname, specs, size, sim, seed, net_kw,
                                            self.device, self.dtype)
-                    if bank.upgraded:
-                        bank.save(fname.with_suffix(".tmp"))
-                        fname.with_suffix(".tmp").replace(fname)
                 except (ValueError, OSError, RuntimeError, KeyError) as err:
                     logger.info(f"Rebuilding the bank {fname}: {err}")
             if bank is None:
@@ -561,10 +577,12 @@ class Trainer:
         ``val_ref`` that of classical convex bounding at the same depth on
         the same samples, ``val_log_ratio`` the mean log-ratio of the two
         (the objective of ``loss="log-ratio"`` without its hinge; < 0:
-        better than classical), ``val_shape_log_ratio`` the same for the
-        shape errors, ``val_harm`` the fraction of samples where
-        the network is more than 1 % worse, and ``val_shards`` both means
-        per lead field.
+        better than classical), ``val_shape_log_ratio`` and
+        ``val_spatial_log_ratio`` the same for the shape and spatial errors,
+        ``val_regimes`` the log-ratios of the errors and of the spatial
+        errors per regime of the mixture (index in ``bank_regimes``),
+        ``val_harm`` the fraction of samples where the network is more
+        than 1 % worse, and ``val_shards`` both means per lead field.
         """
         self._ensure_banks()
         net = self.net
@@ -581,9 +599,20 @@ class Trainer:
                    val_shape_log_ratio=_mean_log_ratio(
                        np.concatenate([r["shape"] for r in res.values()]),
                        np.concatenate([r["shape_ref"] for r in res.values()])),
+                   val_spatial_log_ratio=_mean_log_ratio(
+                       np.concatenate([r["spatial"] for r in res.values()]),
+                       np.concatenate([r["spatial_ref"] for r in res.values()]),
+                       SPATIAL_EPS),
                    val_harm=float((err > 1.01 * ref).mean()),
                    val_shards={k: [float(r["nmse"].mean()), float(r["ref"].mean())]
                                for k, r in res.items()})
+        cat = {k: np.concatenate([r[k] for r in res.values()])
+               for k in ("spatial", "spatial_ref", "regime")}
+        rec["val_regimes"] = {
+            int(g): [_mean_log_ratio(err[m], ref[m]),
+                     _mean_log_ratio(cat["spatial"][m], cat["spatial_ref"][m],
+                                     SPATIAL_EPS)]
+            for g in np.unique(cat["regime"]) for m in [cat["regime"] == g]}
         rec["val_loss_final"] = rec["val_loss"] if stop == net.n_layers else None
         rec["val_ref_final"] = float(np.concatenate(
             [s.l_ref[:, -1].cpu().numpy() for s in self.val_bank.shards]).mean())
@@ -732,10 +761,9 @@ def train(config, *, out_dir=None, resume=False, leadfields=None):
     return trainer
 
 
-def _mean_log_ratio(err, ref):
+def _mean_log_ratio(err, ref, eps=LOG_RATIO_EPS):
     """Mean log-ratio of two error arrays, as the log-ratio objective."""
-    return float(np.mean(np.log(err + LOG_RATIO_EPS)
-                         - np.log(ref + LOG_RATIO_EPS)))
+    return float(np.mean(np.log(err + eps) - np.log(ref + eps)))
 
 
 __all__ = ["Trainer", "Phase", "make_phases", "train", "EXIT_STOPPED"]

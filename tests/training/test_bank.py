@@ -209,6 +209,9 @@ def test_bank_regime_mixture_splits_samples_and_keeps_plain_banks():
     assert all(r == 1 or 3 <= r <= 8 for r in ranks)
     n_one = ranks.count(1)
     assert 2 <= n_one <= 24  # about a quarter of 48, both regimes present
+    # every sample knows its regime: single sources are regime 0
+    regime = mix.shards[0].regime.tolist()
+    assert all((g == 0) == (r == 1) for g, r in zip(regime, ranks))
     again = SampleBank([spec], 48, [(1.0, one), (3.0, many)], 0, NET, "cpu",
                        torch.float64)
     torch.testing.assert_close(mix.shards[0].Cy, again.shards[0].Cy, rtol=0,
@@ -216,9 +219,42 @@ def test_bank_regime_mixture_splits_samples_and_keeps_plain_banks():
     # a single regime draws exactly what a plain config draws
     plain = SampleBank([spec], 20, SIM, 0, NET, "cpu", torch.float64)
     listed = SampleBank([spec], 20, [(2.0, SIM)], 0, NET, "cpu", torch.float64)
-    for k in ("Cy", "F", "A", "cxx", "nv", "l_ref"):
+    for k in ("Cy", "F", "A", "cxx", "nv", "l_ref", "regime"):
         torch.testing.assert_close(getattr(plain.shards[0], k),
                                    getattr(listed.shards[0], k), rtol=0, atol=0)
+    assert not plain.shards[0].regime.any()
+
+
+def test_regime_hinge_pays_for_every_regime_made_worse_on_average():
+    from mne_unfolded_sbl.training.loss import (LOG_RATIO_EPS, LossModule,
+                                                regime_means)
+
+    r = torch.tensor([1.0, -3.0, 0.5, 0.25, -1.0])
+    g = torch.tensor([0, 0, 1, 1, 2])
+    torch.testing.assert_close(regime_means(r, g), torch.tensor([-1.0, 0.375, -1.0]))
+    one = SimulationConfig(n_sources=(1, 1), n_times=30, snr_db=(0.0, 20.0))
+    bank = SampleBank([_spec()], 32, [(1.0, one), (1.0, SIM)], 0, NET, "cpu",
+                      torch.float64)
+    batch = bank.batch(0, 0, 16)
+    shard, idx = batch["shard"], batch["idx"]
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    loss, _, _ = LossModule(net, "log-ratio", regime_weight=5.0)(
+        None, batch, 4, harm_weight=2.0)
+    with torch.no_grad():
+        out = net.run(shard.problem(idx))
+        err = shard.nmse(idx, out.gamma_n, out.lam_n)
+    r = torch.log(err + LOG_RATIO_EPS) - torch.log(shard.l_ref[idx, 3]
+                                                   + LOG_RATIO_EPS)
+    reg = shard.regime[idx]
+    assert set(reg.tolist()) == {0, 1}
+    means = torch.stack([r[reg == k].mean() for k in (0, 1)])
+    assert (means > 0).any()  # the hinge is active here
+    want = r.mean() + 2.0 * torch.relu(r).mean() + 5.0 * torch.relu(means).mean()
+    np.testing.assert_allclose(float(loss.detach()), float(want), rtol=1e-9)
+    with pytest.raises(ValueError, match="regime_weight"):
+        LossModule(net, "nmse", regime_weight=1.0)
+    with pytest.raises(ValueError, match="regime_weight"):
+        load_config(TINY, regime_weight=1.0)
 
 
 def test_log_ratio_objective_matches_its_formula():
@@ -243,7 +279,7 @@ def test_log_ratio_objective_matches_its_formula():
                                                    + LOG_RATIO_EPS)
     want = r.mean() + 3.0 * torch.relu(r).mean()
     np.testing.assert_allclose(float(loss.detach()), float(want), rtol=1e-9)
-    assert float(loss) != 0.0
+    assert float(loss.detach()) != 0.0
     loss.backward()  # the objective is differentiable end to end
     assert any(p.grad is not None and p.grad.abs().sum() > 0
                for p in net.parameters())
@@ -286,7 +322,8 @@ def test_log_ratio_config_round_trip_and_errors(tmp_path):
 def test_log_ratio_bank_training_starts_at_zero(tmp_path):
     specs = [_spec()]
     cfg = _bank_config(tmp_path, loss="log-ratio", bank_regimes=[
-        dict(weight=1.0, n_sources=[1, 1]), dict(weight=1.0)])
+        dict(weight=1.0, n_sources=[1, 1]), dict(weight=1.0)],
+        spatial_weight=1.0, regime_weight=2.0)
     tr = Trainer(cfg, leadfields=_leadfields(specs[0]), bank_specs=specs)
     assert tr.run() == "finished"
     vals = [json.loads(x) for x in (tmp_path / "run" / cfg.log_file)
@@ -294,6 +331,11 @@ def test_log_ratio_bank_training_starts_at_zero(tmp_path):
     vals = [r for r in vals if r["event"] == "val"]
     assert vals[0]["val_log_ratio"] == pytest.approx(0.0, abs=1e-9)
     assert all(np.isfinite(r["val_log_ratio"]) for r in vals)
+    # per regime too: the classical solver against itself, both regimes
+    first = vals[0]["val_regimes"]
+    assert sorted(first) == ["0", "1"]
+    assert np.allclose(list(first.values()), 0.0, atol=1e-9)
+    assert vals[-1]["val_regimes"] != first
 
 
 def test_feature_set_config_builds_the_network_it_names():
@@ -318,9 +360,13 @@ def test_shape_error_is_the_error_of_the_best_scaled_estimate():
         K = posterior_kernel(out.L_n, out.gamma_n, out.lam_n, out.null_space)
         Xh = K @ Yn
         F, A = lowrank_cross(Xn, Yn, SIM.n_sources[1])
-        err, shape = nmse_lowrank(out.L_n, out.L_n.T.contiguous(), out.gamma_n,
-                                  out.lam_n, out.null_space, out.Cy_n, F, A,
-                                  Xn.square().sum((1, 2)) / T, shape=True)
+        err, shape, rms = nmse_lowrank(
+            out.L_n, out.L_n.T.contiguous(), out.gamma_n, out.lam_n,
+            out.null_space, out.Cy_n, F, A, Xn.square().sum((1, 2)) / T,
+            shape=True, rms=True)
+    # the RMS map of the estimate, from the same statistics
+    np.testing.assert_allclose(rms, Xh.square().mean(-1).sqrt(), rtol=1e-8,
+                               atol=1e-14)
     for b in range(5):
         xh, x = Xh[b].ravel().numpy(), Xn[b].ravel().numpy()
         a = xh @ x / (xh @ xh)  # the best scale
@@ -364,16 +410,86 @@ def test_shape_term_adds_the_log_ratio_of_shape_errors():
         load_config(TINY, shape_weight=1.0)
 
 
-def test_bank_saved_without_shape_references_gets_them_on_load(tmp_path):
+def test_bank_of_another_format_is_refused_and_a_saved_one_reloads(tmp_path):
     specs = [_spec()]
     bank = SampleBank(specs, 10, SIM, 0, NET, "cpu", torch.float64)
     bank.save(tmp_path / "bank.pt")
-    d = torch.load(tmp_path / "bank.pt", weights_only=True)
-    for sh in d["shards"]:
-        del sh["s_ref"]  # as written before the shape errors existed
-    torch.save(d, tmp_path / "old.pt")
-    back = SampleBank.load(tmp_path / "old.pt", specs, 10, SIM, 0, NET, "cpu",
+    back = SampleBank.load(tmp_path / "bank.pt", specs, 10, SIM, 0, NET, "cpu",
                            torch.float64)
-    torch.testing.assert_close(back.shards[0].s_ref, bank.shards[0].s_ref,
-                               rtol=1e-10, atol=1e-12)
-    assert back.upgraded and not bank.upgraded
+    for name in ("x_rms", "l_ref", "s_ref", "e_ref"):
+        torch.testing.assert_close(getattr(back.shards[0], name),
+                                   getattr(bank.shards[0], name))
+    d = torch.load(tmp_path / "bank.pt", weights_only=True)
+    d["format"] = 1  # a bank written before the spatial references
+    torch.save(d, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="not a bank of this layout"):
+        SampleBank.load(tmp_path / "old.pt", specs, 10, SIM, 0, NET, "cpu",
+                        torch.float64)
+
+
+def test_energy_distance_against_analytic_cases_and_the_exact_emd():
+    import ot
+    from scipy.spatial.distance import cdist
+
+    from mne_unfolded_sbl.training.loss import energy_distance
+
+    pos = _spec().pos
+    D = torch.as_tensor(cdist(pos, pos))
+    N = len(pos)
+    # two point masses d apart: 2 d; proportional maps: 0
+    a, b = torch.zeros(2, N, dtype=torch.float64), torch.zeros(2, N, dtype=torch.float64)
+    a[0, 3], b[0, 70] = 1.0, 5.0
+    a[1] = torch.rand(N, generator=torch.Generator().manual_seed(0))
+    b[1] = 3.0 * a[1]
+    e = energy_distance(a, b, D)
+    assert e[0].item() == pytest.approx(2 * D[3, 70].item(), rel=1e-12)
+    assert e[1].item() == pytest.approx(0.0, abs=1e-12)
+    # random sparse maps: the formula, and 0 <= E <= 2 W1 (exact EMD)
+    rng = np.random.default_rng(1)
+    m = rng.random((2, 6, N)) * (rng.random((2, 6, N)) < 0.1)
+    e = energy_distance(torch.as_tensor(m[0]), torch.as_tensor(m[1]), D).numpy()
+    for k in range(6):
+        p, q = m[0, k] / m[0, k].sum(), m[1, k] / m[1, k].sum()
+        assert e[k] == pytest.approx(2 * p @ D.numpy() @ q - p @ D.numpy() @ p
+                                     - q @ D.numpy() @ q, rel=1e-10)
+        w1 = ot.emd2(p, q, D.numpy())
+        assert 0 < e[k] <= 2 * w1 + 1e-12
+
+
+def test_spatial_term_adds_the_log_ratio_of_spatial_errors():
+    from mne_unfolded_sbl.training.loss import (LOG_RATIO_EPS, SPATIAL_EPS,
+                                                LossModule, energy_distance)
+
+    bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
+    shard = bank.shards[0]
+    # the bank's classical spatial references are those of classical CB
+    idx = torch.arange(shard.n)
+    with torch.no_grad():
+        o = classical_network(4, True).double().run(shard.problem(idx))
+        _, rms = nmse_lowrank(shard.L_n, shard.Lt, o.gamma_n, o.lam_n,
+                              shard.null_space, shard.Cy[idx], shard.F[idx],
+                              shard.A[idx], shard.cxx[idx], rms=True)
+    np.testing.assert_allclose(energy_distance(shard.x_rms, rms, shard.dist),
+                               shard.e_ref[:, 3], rtol=1e-10)
+    batch = bank.batch(0, 0, 8)
+    idx = batch["idx"]
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    loss, _, _ = LossModule(net, "log-ratio", spatial_weight=0.7)(
+        None, batch, 4, harm_weight=2.0)
+    with torch.no_grad():
+        out = net.run(shard.problem(idx))
+        err, spatial = shard.nmse(idx, out.gamma_n, out.lam_n, spatial=True)
+
+    def scored(e, ref, eps):
+        r = torch.log(e + eps) - torch.log(ref + eps)
+        return r.mean() + 2.0 * torch.relu(r).mean()
+
+    want = (scored(err, shard.l_ref[idx, 3], LOG_RATIO_EPS)
+            + 0.7 * scored(spatial, shard.e_ref[idx, 3], SPATIAL_EPS))
+    np.testing.assert_allclose(float(loss.detach()), float(want), rtol=1e-9)
+    assert float(loss.detach()) != pytest.approx(
+        float(scored(err, shard.l_ref[idx, 3], LOG_RATIO_EPS)))
+    with pytest.raises(ValueError, match="spatial_weight"):
+        LossModule(net, "nmse", spatial_weight=1.0)
+    with pytest.raises(ValueError, match="spatial_weight"):
+        load_config(TINY, spatial_weight=1.0)

@@ -215,6 +215,43 @@ def test_source_only_attention(leadfield_files, tmp_path):
     assert np.isfinite(_records(tr.log_path, "val")[-1]["val_loss_final"])
 
 
+def test_attention_run_starts_from_a_deep_cb(leadfield_files, tmp_path):
+    """init_weights of a Deep CB in a Deep Attn CB run: the untrained
+    attention network is that Deep CB exactly; training then moves the
+    attention decoder. A Deep CB of another depth is refused."""
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.weights import save_model
+
+    deep = UnfoldedSBL(3, "deep-cb", True, hidden=16)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in deep.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    fname = save_model(deep, tmp_path / "deep.safetensors")
+    cfg = _config(leadfield_files, tmp_path, model="deep-attn-cb",
+                  init_weights=str(fname), progressive=False, finetune_steps=3,
+                  val_metrics_size=0, lr=1e-2)
+    tr = Trainer(cfg)
+    lf = read_leadfield_npz(leadfield_files[0])
+    batch = next(tr.data.val_batches(4))
+    L = torch.as_tensor(lf.L, dtype=torch.float32)
+    tr.net.eval()
+    with torch.no_grad():
+        ns = batch["null_space"]
+        a = tr.net(L, batch["Cy"], null_space=ns).gamma_n
+        b = deep(L, batch["Cy"], null_space=ns).gamma_n
+        c = UnfoldedSBL(3, "cb", True)(L, batch["Cy"], null_space=ns).gamma_n
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
+    assert not torch.allclose(a, c, rtol=1e-3)  # the Deep CB, not the classical
+    assert tr.run() == "finished"
+    decoders = [m.source_correction.decode[-1].weight for m in tr.net.layers[:-1]]
+    assert any(w.abs().sum() > 0 for w in decoders)
+    with pytest.raises(ValueError, match="another architecture"):
+        Trainer(_config(leadfield_files, tmp_path, model="deep-attn-cb",
+                        n_layers=4, init_weights=str(fname),
+                        out_dir=str(tmp_path / "other")))
+
+
 # ----------------------------------------------------------------------
 # data parallel: 2 gloo processes == one process on the combined batch
 def _ddp_worker(rank, world, port, cfg_dict, state_file, out_dir):
