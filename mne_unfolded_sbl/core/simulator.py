@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from copy import deepcopy
 from dataclasses import dataclass, field, replace
 
 import numpy as np

@@ -164,8 +164,6 @@ class SimulatedData:
 
 
 def _finish(sample, null_space=None):
-    from ..core.solver import covariance_statistic
-
     Y = sample["Y"]
     return dict(Y=Y, X=sample["X"], noise_var=sample["noise_var"],
                 Cy=covariance_statistic(Y), null_space=null_space)

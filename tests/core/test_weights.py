@@ -115,8 +115,9 @@ def test_check_finite_parameters():
 
 def test_feature_sets_are_versioned_with_the_weights(tmp_path):
     """Files without ``features`` (the first bundled weights) keep the
-    absolute features they were trained with; new networks use and store
-    the relative ones, and the two give different corrections."""
+    absolute features they were trained with; new networks (and the
+    bundled Deep CB since the regime-mixture runs) use and
+    store the relative ones, and the two give different corrections."""
     import json
 
     from safetensors.torch import load_file, save_file
@@ -125,7 +126,7 @@ def test_feature_sets_are_versioned_with_the_weights(tmp_path):
     from mne_unfolded_sbl.core.network import UnfoldedSBL
     from mne_unfolded_sbl.core.weights import read_metadata, save_model
 
-    assert load_model("deep-cb", learn_noise=True).config["features"] == "absolute"
+    assert load_model("deep-cb", learn_noise=True).config["features"] == "relative"
     net = UnfoldedSBL(3, "deep-cb", True)
     assert net.config["features"] == "relative"
     fname = save_model(net, tmp_path / "new.safetensors")

@@ -47,6 +47,21 @@ def _perturbed(net, scale=0.3, seed=0):
     return net
 
 
+def _log_ratio_loss(bank, batch_size, **loss_kw):
+    """The log-ratio objective (hinge 2) of a perturbed 4-layer Deep CB on
+    one bank batch: ``(loss, net, shard, idx, output)``."""
+    from mne_unfolded_sbl.training.loss import LossModule
+
+    batch = bank.batch(0, 0, batch_size)
+    shard, idx = batch["shard"], batch["idx"]
+    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
+    loss, _, _ = LossModule(net, "log-ratio", **loss_kw)(
+        None, batch, 4, harm_weight=2.0)
+    with torch.no_grad():
+        out = net.run(shard.problem(idx))
+    return loss, net, shard, idx, out
+
+
 def _solved(n, seed):
     """A perturbed Deep CB's output on ``n`` simulated samples, with the
     samples and the normalised ``Y_n``, ``X_n``."""
@@ -235,14 +250,8 @@ def test_regime_hinge_pays_for_every_regime_made_worse_on_average():
     one = SimulationConfig(n_sources=(1, 1), n_times=30, snr_db=(0.0, 20.0))
     bank = SampleBank([_spec()], 32, [(1.0, one), (1.0, SIM)], 0, NET, "cpu",
                       torch.float64)
-    batch = bank.batch(0, 0, 16)
-    shard, idx = batch["shard"], batch["idx"]
-    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
-    loss, _, _ = LossModule(net, "log-ratio", regime_weight=5.0)(
-        None, batch, 4, harm_weight=2.0)
-    with torch.no_grad():
-        out = net.run(shard.problem(idx))
-        err = shard.nmse(idx, out.gamma_n, out.lam_n)
+    loss, net, shard, idx, out = _log_ratio_loss(bank, 16, regime_weight=5.0)
+    err = shard.nmse(idx, out.gamma_n, out.lam_n).detach()
     r = torch.log(err + LOG_RATIO_EPS) - torch.log(shard.l_ref[idx, 3]
                                                    + LOG_RATIO_EPS)
     reg = shard.regime[idx]
@@ -388,13 +397,8 @@ def test_shape_term_adds_the_log_ratio_of_shape_errors():
     from mne_unfolded_sbl.training.loss import LOG_RATIO_EPS, LossModule
 
     bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
-    batch = bank.batch(0, 0, 8)
-    shard, idx = batch["shard"], batch["idx"]
-    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
-    loss, _, _ = LossModule(net, "log-ratio", shape_weight=0.5)(
-        None, batch, 4, harm_weight=2.0)
+    loss, net, shard, idx, out = _log_ratio_loss(bank, 8, shape_weight=0.5)
     with torch.no_grad():
-        out = net.run(shard.problem(idx))
         err, shape = shard.nmse(idx, out.gamma_n, out.lam_n, shape=True)
 
     def scored(e, ref):
@@ -471,13 +475,8 @@ def test_spatial_term_adds_the_log_ratio_of_spatial_errors():
                               shard.A[idx], shard.cxx[idx], rms=True)
     np.testing.assert_allclose(energy_distance(shard.x_rms, rms, shard.dist),
                                shard.e_ref[:, 3], rtol=1e-10)
-    batch = bank.batch(0, 0, 8)
-    idx = batch["idx"]
-    net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
-    loss, _, _ = LossModule(net, "log-ratio", spatial_weight=0.7)(
-        None, batch, 4, harm_weight=2.0)
+    loss, net, shard, idx, out = _log_ratio_loss(bank, 8, spatial_weight=0.7)
     with torch.no_grad():
-        out = net.run(shard.problem(idx))
         err, spatial = shard.nmse(idx, out.gamma_n, out.lam_n, spatial=True)
 
     def scored(e, ref, eps):

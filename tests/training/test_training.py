@@ -69,6 +69,12 @@ def _params(net):
     return {k: v.detach().clone() for k, v in net.named_parameters()}
 
 
+def _val_problem(tr, leadfield_files):
+    """The training lead field (float32) and a validation batch of 4."""
+    lf = read_leadfield_npz(leadfield_files[0])
+    return torch.as_tensor(lf.L, dtype=torch.float32), next(tr.data.val_batches(4))
+
+
 def test_config_roundtrip(leadfield_files, tmp_path):
     """TOML -> object -> TOML -> object -> checkpoint -> object."""
     cfg = _config(leadfield_files, tmp_path, simulation=dict(snr_db=[0.0, 20.0]))
@@ -188,9 +194,7 @@ def test_export_and_cli(leadfield_files, tmp_path):
     cfg = load_config(toml, finetune_steps=2, model="bias-cb", out_dir=str(out))
     tr = Trainer(cfg, resume=True)  # the finished run, from its checkpoint
     net = load_weights(fname)
-    lf = read_leadfield_npz(leadfield_files[0])
-    batch = next(tr.data.val_batches(4))
-    L = torch.as_tensor(lf.L, dtype=torch.float32)
+    L, batch = _val_problem(tr, leadfield_files)
     tr.net.eval()
     with torch.no_grad():
         ns = batch["null_space"]
@@ -232,9 +236,7 @@ def test_attention_run_starts_from_a_deep_cb(leadfield_files, tmp_path):
                   init_weights=str(fname), progressive=False, finetune_steps=3,
                   val_metrics_size=0, lr=1e-2)
     tr = Trainer(cfg)
-    lf = read_leadfield_npz(leadfield_files[0])
-    batch = next(tr.data.val_batches(4))
-    L = torch.as_tensor(lf.L, dtype=torch.float32)
+    L, batch = _val_problem(tr, leadfield_files)
     tr.net.eval()
     with torch.no_grad():
         ns = batch["null_space"]
