@@ -591,23 +591,20 @@ class Trainer:
         stop = ph.n_layers if ph is not None else net.n_layers
         self.val_bank.move_to(net, self._bank_start(ph) if ph else 0)
         res = self.val_bank.evaluate(net, stop)
-        err = np.concatenate([r["nmse"] for r in res.values()])
-        ref = np.concatenate([r["ref"] for r in res.values()])
+        cat = {k: np.concatenate([r[k] for r in res.values()])
+               for k in ("nmse", "ref", "shape", "shape_ref", "spatial",
+                         "spatial_ref", "regime")}
+        err, ref = cat["nmse"], cat["ref"]
         rec = dict(event="val", **self._where(), val_loss=float(err.mean()),
                    val_ref=float(ref.mean()),
                    val_log_ratio=_mean_log_ratio(err, ref),
-                   val_shape_log_ratio=_mean_log_ratio(
-                       np.concatenate([r["shape"] for r in res.values()]),
-                       np.concatenate([r["shape_ref"] for r in res.values()])),
+                   val_shape_log_ratio=_mean_log_ratio(cat["shape"],
+                                                       cat["shape_ref"]),
                    val_spatial_log_ratio=_mean_log_ratio(
-                       np.concatenate([r["spatial"] for r in res.values()]),
-                       np.concatenate([r["spatial_ref"] for r in res.values()]),
-                       SPATIAL_EPS),
+                       cat["spatial"], cat["spatial_ref"], SPATIAL_EPS),
                    val_harm=float((err > 1.01 * ref).mean()),
                    val_shards={k: [float(r["nmse"].mean()), float(r["ref"].mean())]
                                for k, r in res.items()})
-        cat = {k: np.concatenate([r[k] for r in res.values()])
-               for k in ("spatial", "spatial_ref", "regime")}
         rec["val_regimes"] = {
             int(g): [_mean_log_ratio(err[m], ref[m]),
                      _mean_log_ratio(cat["spatial"][m], cat["spatial_ref"][m],
