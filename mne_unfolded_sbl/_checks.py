@@ -1,6 +1,7 @@
 """Input checks with errors that name the problem and the fix."""
 
 import numbers
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import mne
 from mne.utils import _check_option, _validate_type, logger
 
 from .core._utils import check_positive_int
+from .core.weights import tied_geometry
 
 
 def check_forward(fwd):
@@ -59,6 +61,92 @@ def pick_channels(info, fwd, noise_cov):
                 f"{what} for these sensors."
             )
     return names
+
+
+@lru_cache(maxsize=8)
+def _montage_ch_names(montage):
+    from .datasets import make_montage
+
+    return tuple(make_montage(montage).ch_names)
+
+
+def _ico_vertices(spacing):
+    """Vertex numbers of an ``ico<k>`` source space of fsaverage (whose
+    surface is itself an icosahedron subdivision), per hemisphere."""
+    k = int(spacing[3:])
+    return np.arange(10 * 4 ** k + 2)
+
+
+def check_tied_geometry(net, ch_names, src):
+    """Refuse a Bias CB network on another geometry than its training one.
+
+    Bias CB holds one learned offset per sensor and per source of the lead
+    field it was trained on, so it is only defined there: the same
+    channels in the same order (none marked bad) and the same source space
+    (fsaverage, the same ico spacing). Other networks pass.
+
+    Parameters
+    ----------
+    net : UnfoldedSBL
+    ch_names : list of str
+        The channels the solver sees, in order.
+    src : mne.SourceSpaces | None
+        The source space of the forward (None: not checked).
+
+    Raises
+    ------
+    ValueError
+        Naming what differs, the geometry the weights need and the models
+        that transfer.
+    """
+    geom = tied_geometry(net)
+    if geom is None:
+        return
+    montage, spacing = geom["montage"], geom["spacing"]
+    issues = []
+    want = None
+    if montage is not None:
+        try:
+            want = _montage_ch_names(montage)
+        except Exception:  # a montage of another version: sizes only
+            want = None
+    ch_names = list(ch_names)
+    if want is not None and ch_names != list(want):
+        extra = [n for n in ch_names if n not in want]
+        missing = [n for n in want if n not in ch_names]
+        what = (f"{len(extra)} channel(s) not in it ({extra[:5]})"
+                if extra else "")
+        if missing:
+            what += ("; " if what else "") + (f"{len(missing)} of its channel(s) "
+                                              f"missing or bad ({missing[:5]})")
+        issues.append(f"the channels differ from those of the {montage!r} cap "
+                      f"({len(want)}): {what or 'another order'}")
+    elif geom["n_sensors"] is not None and len(ch_names) != geom["n_sensors"]:
+        issues.append(f"{len(ch_names)} channels (the weights have "
+                      f"{geom['n_sensors']})")
+    if src is not None:
+        n_src = sum(len(s["vertno"]) for s in src)
+        subject = src[0].get("subject_his_id")
+        same = n_src == geom["n_sources"] and (
+            spacing is None or not spacing.startswith("ico") or (
+                subject in (None, "fsaverage") and all(
+                    np.array_equal(s["vertno"], _ico_vertices(spacing))
+                    for s in src)))
+        if not same:
+            issues.append(f"a source space of {n_src} sources"
+                          + (f" of subject {subject!r}" if subject else ""))
+    if issues:
+        n_sens = len(want) if want is not None else geom["n_sensors"]
+        sensors = f"{n_sens} channels" if n_sens else "its channels"
+        where = (f"the {montage!r} cap ({sensors}) on the fsaverage {spacing} "
+                 f"source space ({geom['n_sources']} sources)" if montage
+                 else f"{sensors} x {geom['n_sources']} sources")
+        raise ValueError(
+            f"Bias CB weights are tied to the geometry they were trained on: "
+            f"{where}, the same channels in the same order, none marked bad. "
+            f"This problem has {' and '.join(issues)}. Use model='deep-cb' or "
+            "'deep-attn-cb', which transfer to any montage and source space, "
+            "or the classical model='cb'.")
 
 
 def check_noise_cov_type(noise_cov):

@@ -22,7 +22,8 @@ from mne.utils import _validate_type, logger, verbose, warn
 
 from ._checks import (check_data_finite, check_device, check_dtype,
                       check_forward, check_n_layers, check_nave,
-                      check_noise_cov, check_noise_cov_type, pick_channels)
+                      check_noise_cov, check_noise_cov_type,
+                      check_tied_geometry, pick_channels)
 from ._docs import fill_doc
 from .core._utils import DTYPES, check_positive_int
 from .core.multiscale import prefer_multiscale
@@ -580,6 +581,7 @@ def _solve(model, which, basis, op, Cy, nave, learn_noise, device, dtype,
     lf = _solver_lead_field(op, which, dev, tdtype)
     L_solver, L = lf.L, lf.tensor
     n_orient = 1 if basis is not None else sm.n_orient
+    check_tied_geometry(model, op.ch_names, sm.src)
     if basis is None:  # the point model: sources are vertices
         check_training_domain(model, L.shape[0], L.shape[1] // n_orient)
     noise_var = None

@@ -390,3 +390,78 @@ def test_learned_model_warns_outside_its_training_geometry(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         apply_unfolded_sbl(evoked, fwd, cov, model=net, verbose=False)
+
+
+def _bias_net(tmp_path, n_sources, n_sensors, learn_noise=True, **train):
+    """A Bias CB saved with a training record and loaded back."""
+    net = UnfoldedSBL(3, "bias-cb", learn_noise, n_sources=n_sources,
+                      n_sensors=n_sensors)
+    card = {"train_config": train} if train else None
+    return load_model(save_model(net, tmp_path / "bias.safetensors", card=card),
+                      learn_noise=learn_noise)
+
+
+def _ico_src(k, subject="fsaverage"):
+    n = 10 * 4 ** k + 2
+    return [dict(vertno=np.arange(n), subject_his_id=subject)] * 2
+
+
+@pytest.mark.parametrize("learn_noise", [True, False])
+def test_bias_cb_is_tied_to_its_training_geometry(tmp_path, learn_noise):
+    """Bias CB runs only on its training cap (same channels, same order) and
+    source space (fsaverage, same ico spacing); the error names what differs
+    and the models that transfer. Other networks are not checked."""
+    from mne_unfolded_sbl._checks import check_tied_geometry
+    from mne_unfolded_sbl.core.weights import tied_geometry
+    from mne_unfolded_sbl.datasets import TRAIN_CH_NAMES
+
+    net = _bias_net(tmp_path, 1284, 64, learn_noise, data_mode="bank",
+                    bank_shards=["train-64/ico3"])
+    geom = tied_geometry(net)
+    assert (geom["montage"], geom["spacing"], geom["n_sources"]) == (
+        "train-64", "ico3", 1284)
+    assert geom["n_sensors"] == (64 if learn_noise else None)
+    names = list(TRAIN_CH_NAMES)
+    check_tied_geometry(net, names, _ico_src(3))  # its own geometry
+    cases = [
+        (names[::-1], _ico_src(3), "another order"),
+        (names[1:], _ico_src(3), rf"1 of its channel\(s\) missing or bad "
+                                 rf"\(\['{names[0]}'\]\)"),
+        (names[:-1] + ["X1"], _ico_src(3), r"channel\(s\) not in it \(\['X1'\]"),
+        (names, _ico_src(3, "sample"), "1284 sources of subject 'sample'"),
+        (names, _ico_src(4), "a source space of 5124 sources"),
+    ]
+    for ch_names, src, match in cases:
+        with pytest.raises(ValueError, match=match) as err:
+            check_tied_geometry(net, ch_names, src)
+        assert "'train-64' cap (64 channels) on the fsaverage ico3" in str(err.value)
+        assert "model='deep-cb'" in str(err.value)
+    # another training record: several geometries record none, the sizes
+    # alone are checked
+    net = _bias_net(tmp_path, 1284, 64, learn_noise, data_mode="bank",
+                    bank_shards=["train-64/ico3", "1020-32/ico3"])
+    assert tied_geometry(net)["montage"] is None
+    check_tied_geometry(net, names[::-1], _ico_src(3, "sample"))
+    with pytest.raises(ValueError, match="5124 sources"):
+        check_tied_geometry(net, names, _ico_src(4))
+    deep = UnfoldedSBL(3, "deep-cb", learn_noise)
+    assert tied_geometry(deep) is None
+    check_tied_geometry(deep, ["Cz"], _ico_src(4, "sample"))
+
+
+def test_bias_cb_on_another_subject_refused_by_the_api(tiny, tmp_path):
+    """apply_unfolded_sbl refuses a Bias CB of the fsaverage source space on
+    another subject's forward with the same numbers of channels and
+    sources; without a training record it runs (sizes match)."""
+    fwd, evoked, cov = tiny
+    n_src = sum(len(s["vertno"]) for s in fwd["src"])
+    n_ch = len(evoked.ch_names)
+    net = _bias_net(tmp_path, n_src, n_ch, data_mode="stream",
+                    montage="biosemi32", spacing="ico2")
+    with pytest.raises(ValueError, match=f"{n_src} sources of subject 'tiny'"
+                       r".*model='deep-cb'"):
+        apply_unfolded_sbl(evoked, fwd, cov, model=net, verbose=False)
+    stc = apply_unfolded_sbl(evoked, fwd, cov,
+                             model=_bias_net(tmp_path, n_src, n_ch),
+                             verbose=False)
+    assert np.isfinite(stc.data).all()

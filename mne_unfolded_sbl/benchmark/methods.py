@@ -39,6 +39,7 @@ import torch
 from mne.utils import use_log_level as mne_log_level
 
 from .. import methods as registry
+from .._checks import check_tied_geometry
 from ..core._utils import DTYPES
 from ..core.multiscale import prefer_multiscale
 from ..core.network import MODELS
@@ -275,16 +276,17 @@ class SBLMethod(Method):
             self.net = load_model(self.model, learn_noise=self.learn_noise,
                                   n_layers=n_layers)
             self.net = self.net.to(dtype=self._dtype).eval()
-            cfg = self.net.config
-            if self.net.model == "bias-cb" and (
-                    cfg.get("n_sources") != problem.n_sources or (
-                        self.learn_noise
-                        and cfg.get("n_sensors") != problem.n_sensors)):
+            try:
+                check_tied_geometry(self.net, problem.ch_names,
+                                    None if problem.fwd is None
+                                    else problem.fwd["src"])
+            except ValueError as err:
+                raise IncompatibleMethod(f"{self.key}: {err}") from None
+            if self.net.model == "bias-cb" and self._basis is not None:
                 raise IncompatibleMethod(
-                    f"{self.key}: Bias CB weights are tied to "
-                    f"{cfg.get('n_sensors')} sensors x {cfg.get('n_sources')} "
-                    f"sources; this setting has {problem.n_sensors} x "
-                    f"{problem.n_sources}.")
+                    f"{self.key}: Bias CB has one offset per source of the "
+                    "point model; the multi-scale model's atoms are other "
+                    "unknowns (use deep-cb or deep-attn-cb).")
         self.setup_seconds = time.perf_counter() - t0
 
     def _inputs(self, batch):

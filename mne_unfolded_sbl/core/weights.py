@@ -27,7 +27,8 @@ from .network import MODEL_LABELS, MODELS, UnfoldedSBL
 
 __all__ = ["check_finite_parameters", "check_training_domain", "fetch_weights", "load_model",
            "load_weights", "read_metadata", "register_weights", "registry",
-           "registry_key", "resolve_model", "save_model", "sha256"]
+           "registry_key", "resolve_model", "save_model", "sha256",
+           "tied_geometry"]
 
 REGISTRY_FILE = "registry.json"
 DEFAULT_N_LAYERS = 25
@@ -134,6 +135,9 @@ def load_weights(fname):
     check_finite_parameters(net, f"The weights file {fname}")
     #: what the weights were trained on (see :func:`check_training_domain`)
     net.training_domain = card.get("domain") if isinstance(card, dict) else None
+    #: the montage and source space a Bias CB is tied to (see
+    #: :func:`tied_geometry`)
+    net.training_geometry = _training_geometry(card)
     return net.to(torch.float64 if state and next(iter(state.values())).dtype
                   == torch.float64 else torch.float32)
 
@@ -371,6 +375,49 @@ def check_training_domain(net, n_sensors, n_sources):
            "solver (model='cb') is safe on any geometry.")
     warn(msg)
     return msg
+
+
+def _training_geometry(card):
+    """``(montage, spacing)`` of the one lead field a run trained on (from its
+    card's training config), or None (several, or no record)."""
+    cfg = card.get("train_config") if isinstance(card, dict) else None
+    if not isinstance(cfg, dict):
+        return None
+    shards = cfg.get("bank_shards") if cfg.get("data_mode") == "bank" else None
+    if not shards:
+        shards = [f"{cfg.get('montage')}/{cfg.get('spacing')}"]
+    if len(shards) != 1 or str(shards[0]).count("/") != 1:
+        return None
+    montage, spacing = str(shards[0]).split("/")
+    return montage, spacing
+
+
+def tied_geometry(net):
+    """The geometry a Bias CB network is tied to, or None for other models.
+
+    Bias CB learns one offset per source and per sensor of its training
+    lead field: its weights mean something only on that montage (the same
+    channels in the same order) and that source space. Deep CB and Deep
+    Attn CB act pointwise on features and transfer to any geometry.
+
+    Parameters
+    ----------
+    net : UnfoldedSBL
+
+    Returns
+    -------
+    geometry : dict | None
+        ``montage`` and ``spacing`` (names as in the training config; None
+        when the weights do not record them), ``n_sensors`` (None for a
+        source-only model, which has no sensor offsets) and ``n_sources``.
+    """
+    if net.model != "bias-cb":
+        return None
+    montage, spacing = getattr(net, "training_geometry", None) or (None, None)
+    cfg = net.config
+    return dict(montage=montage, spacing=spacing,
+                n_sensors=cfg.get("n_sensors") if net.learn_noise else None,
+                n_sources=cfg.get("n_sources"))
 
 
 def sha256(fname):

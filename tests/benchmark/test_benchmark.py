@@ -43,10 +43,14 @@ def test_unknown_names_raise():
         resolve_methods("classical,nope")
     with pytest.raises(ValueError, match="Unknown sweep"):
         get_sweep("nope")
-    from mne_unfolded_sbl.core.weights import registry
+    from mne_unfolded_sbl.core import weights
 
-    if "bias-cb_joint" not in registry():
-        with pytest.raises(ValueError, match="no pretrained weights"):
+    full = weights.registry()
+    with pytest.MonkeyPatch.context() as mp:  # as if it were not registered
+        mp.setattr(weights, "registry", lambda: {
+            k: v for k, v in full.items() if k != "bias-cb_joint"})
+        with pytest.raises(ValueError, match="'bias-cb-joint': no pretrained "
+                                             "weights"):
             resolve_methods("bias-cb-joint")
     assert set(SETTINGS) == {"train-cap-ico3", "things-cap-ico3",
                              "things-cap-ico4", "extended-patches",
@@ -242,7 +246,7 @@ def test_bias_cb_on_other_source_space_is_skipped(synth, tmp_path):
 
     fname = save_model(UnfoldedSBL(3, "bias-cb", True, n_sources=50,
                                    n_sensors=10), tmp_path / "bias.safetensors")
-    with pytest.warns(RuntimeWarning, match="tied to 10 sensors x 50 sources"):
+    with pytest.warns(RuntimeWarning, match="tied to the geometry.*10 channels x 50 sources"):
         res = run_benchmark(synth, ["cb-joint-25", str(fname)], n_samples=2,
                             progress=False)
     assert [r["method"] for r in res.summary()] == ["cb-joint-25"]

@@ -207,7 +207,7 @@ def test_cli_do_no_harm_geometry_and_strict(tiny_regimes, tmp_path,
     argv = ["benchmark", "--do-no-harm", "--setting", "single-dipole",
             "--methods", f"deep-cb-source,{fname}", "--n-samples", "3",
             "--out", str(out), "--no-progress", "--emd-threshold", "0.01"]
-    with pytest.warns(RuntimeWarning, match="tied to 10 sensors"):
+    with pytest.warns(RuntimeWarning, match="tied to the geometry"):
         assert top_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "n/a (geometry)" in printed and "0 / 0 (1 n/a)" in printed

@@ -268,3 +268,23 @@ def test_confidence_intervals_and_ap_column():
     old = [{k: v for k, v in r.items() if k != "ap"} for r in recs]
     (row_old,) = summarize(old, [M()])  # records without AP (older runs)
     assert "| AP |" not in markdown_table([row_old])
+
+
+def test_bias_cb_has_no_multiscale_variant(fixed_problem, tmp_path):
+    """A Bias CB of the problem's own geometry runs as the point model, and
+    its multi-scale variant (atoms are not its sources) is incompatible."""
+    from mne_unfolded_sbl import methods as registry
+    from mne_unfolded_sbl.benchmark.methods import IncompatibleMethod, SBLMethod
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.weights import save_model
+
+    p = fixed_problem
+    fname = save_model(UnfoldedSBL(3, "bias-cb", True, n_sources=p.n_sources,
+                                   n_sensors=p.n_sensors),
+                       tmp_path / "bias.safetensors")
+    point = SBLMethod(registry.unfolded_method(str(fname), True))
+    point.prepare(p)
+    multi = SBLMethod(registry.unfolded_method(str(fname), True,
+                                               source_model="multiscale"))
+    with pytest.raises(IncompatibleMethod, match="multi-scale model's atoms"):
+        multi.prepare(p)
