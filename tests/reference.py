@@ -90,7 +90,6 @@ def champagne_grouped_numpy(L, Y, gamma0, lam0, n_iter, learn_noise, n_orient):
     """
     gamma = np.array(gamma0, float).copy()
     lam = np.array(lam0, float).copy()
-    T = Y.shape[1]
 
     def post(gamma, lam):
         g = np.repeat(gamma, n_orient)

@@ -359,7 +359,7 @@ def markdown(rows, agg, *, labels=None, info=None, level=CI_LEVEL):
     lines += ["### All settings", "",
               "Samples of every setting a model ran on, pooled: relative "
               "change of the means against the targets (met / not met) and "
-              f"the pooled paired verdict; *settings*: passed / run "
+              "the pooled paired verdict; *settings*: passed / run "
               "(n/a: geometry).", ""]
     head = ["Model", "n", "settings"] + [
         f"{METRIC_DIRECTIONS[m][0]}" + (f" (target {_pct(TARGETS[m])})"

@@ -66,7 +66,7 @@ def test_extended_patch_is_recovered_better_than_with_points():
     """On a smooth patch the multi-scale model beats point sources."""
     A, xy = _grid(16)
     rng = np.random.default_rng(3)
-    M, N, T = 32, 256, 80
+    M, T = 32, 80  # 256 sources: the 16 x 16 grid
     # a smooth random 'lead field': sensors see blurred regions
     sens = rng.uniform(0, 75, (M, 2))
     L = np.exp(-((sens[:, None] - xy[None]) ** 2).sum(-1) / (2 * 20.0 ** 2))

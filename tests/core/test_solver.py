@@ -111,7 +111,6 @@ def test_statistics_from_cy_equal_statistics_from_y(problem):
 
 def test_batch_equals_one_by_one():
     rng = np.random.default_rng(2)
-    Ls, Ys = [], []
     L, _, Y0, _, _ = focal_problem(rng)
     Ys = [Y0] + [focal_problem(np.random.default_rng(s))[2] for s in (3, 4)]
     Lt = torch.as_tensor(L)
