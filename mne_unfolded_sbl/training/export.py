@@ -157,6 +157,11 @@ def benchmark_section(rows, aggregate_rows, command):
                   "against CB; the paper's Table 3 margins are rMSE −20 %, "
                   "EMD −17 %, F1 +13 %):", ""]
         for r in aggregate_rows:
+            if r["metric"] == "all":  # Deep Attn CB against Deep CB
+                lines.append(f"- against `{r.get('baseline')}` (the paired rule "
+                             f"of the check, Deep CB as the baseline): "
+                             f"{r.get('verdict')}")
+                continue
             rel = r.get("rel_change")
             rel = f"{100 * float(rel):+.1f} %" if rel not in ("", None) else "n/a"
             target = r.get("target")

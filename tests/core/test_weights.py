@@ -67,7 +67,12 @@ def test_corrupted_bundled_file_is_refused(tmp_path, monkeypatch):
         load_model("deep-cb", learn_noise=True)
 
 
-def test_unregistered_model_gives_clear_error():
+def test_unregistered_model_gives_clear_error(monkeypatch):
+    """A family without registered weights (here: all six registered but
+    one, taken out of the registry) names the missing key."""
+    full = registry()
+    monkeypatch.setattr(pretrained, "registry", lambda: {
+        k: v for k, v in full.items() if k != "deep-attn-cb_source"})
     with pytest.raises(ValueError, match="No pretrained weights named "
                                          "'deep-attn-cb_source'"):
         load_model("deep-attn-cb", learn_noise=False)
@@ -88,7 +93,11 @@ def test_save_load_round_trip(tmp_path):
 def test_resolve_model_falls_back_only_for_bundled_names(tmp_path):
     """A bundled name without weights falls back to "cb" (with a warning);
     a network or file the user chose is never silently replaced."""
-    with pytest.warns(RuntimeWarning, match="Falling back"):
+    full = registry()
+    with pytest.MonkeyPatch.context() as mp, \
+            pytest.warns(RuntimeWarning, match="Falling back"):
+        mp.setattr(pretrained, "registry", lambda: {
+            k: v for k, v in full.items() if k != "deep-attn-cb_source"})
         net, name, note = resolve_model("deep-attn-cb", learn_noise=False)
     assert name == "cb" and net.model == "cb" and note
     with pytest.raises(FileNotFoundError, match="not found"):
