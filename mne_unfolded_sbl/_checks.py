@@ -77,7 +77,7 @@ def _ico_vertices(spacing):
     return np.arange(10 * 4 ** k + 2)
 
 
-def check_tied_geometry(net, ch_names, src):
+def check_tied_geometry(net, ch_names, src, n_unknowns=None):
     """Refuse a Bias CB network on another geometry than its training one.
 
     Bias CB holds one learned offset per sensor and per source of the lead
@@ -92,6 +92,10 @@ def check_tied_geometry(net, ch_names, src):
         The channels the solver sees, in order.
     src : mne.SourceSpaces | None
         The source space of the forward (None: not checked).
+    n_unknowns : int | None
+        The variances the solver estimates (columns of its lead field per
+        orientation); None: the sources of ``src``. The multi-scale model's
+        atoms are other unknowns than the sources the offsets belong to.
 
     Raises
     ------
@@ -135,6 +139,9 @@ def check_tied_geometry(net, ch_names, src):
         if not same:
             issues.append(f"a source space of {n_src} sources"
                           + (f" of subject {subject!r}" if subject else ""))
+    if n_unknowns is not None and n_unknowns != geom["n_sources"]:
+        issues.append(f"{n_unknowns} unknowns in the solver's lead field "
+                      "(the multi-scale model's atoms are not its sources)")
     if issues:
         n_sens = len(want) if want is not None else geom["n_sensors"]
         sensors = f"{n_sens} channels" if n_sens else "its channels"

@@ -581,7 +581,7 @@ def _solve(model, which, basis, op, Cy, nave, learn_noise, device, dtype,
     lf = _solver_lead_field(op, which, dev, tdtype)
     L_solver, L = lf.L, lf.tensor
     n_orient = 1 if basis is not None else sm.n_orient
-    check_tied_geometry(model, op.ch_names, sm.src)
+    check_tied_geometry(model, op.ch_names, sm.src, L.shape[1] // n_orient)
     if basis is None:  # the point model: sources are vertices
         check_training_domain(model, L.shape[0], L.shape[1] // n_orient)
     noise_var = None

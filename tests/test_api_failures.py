@@ -465,3 +465,7 @@ def test_bias_cb_on_another_subject_refused_by_the_api(tiny, tmp_path):
                              model=_bias_net(tmp_path, n_src, n_ch),
                              verbose=False)
     assert np.isfinite(stc.data).all()
+    # the multi-scale model's atoms are not the sources of the offsets
+    with pytest.raises(ValueError, match="multi-scale model's atoms"):
+        apply_unfolded_sbl(evoked, fwd, cov, model=_bias_net(tmp_path, n_src, n_ch),
+                           source_model="multiscale", verbose=False)

@@ -279,14 +279,10 @@ class SBLMethod(Method):
             try:
                 check_tied_geometry(self.net, problem.ch_names,
                                     None if problem.fwd is None
-                                    else problem.fwd["src"])
+                                    else problem.fwd["src"],
+                                    self._L.shape[1] // self._n_orient)
             except ValueError as err:
                 raise IncompatibleMethod(f"{self.key}: {err}") from None
-            if self.net.model == "bias-cb" and self._basis is not None:
-                raise IncompatibleMethod(
-                    f"{self.key}: Bias CB has one offset per source of the "
-                    "point model; the multi-scale model's atoms are other "
-                    "unknowns (use deep-cb or deep-attn-cb).")
         self.setup_seconds = time.perf_counter() - t0
 
     def _inputs(self, batch):
