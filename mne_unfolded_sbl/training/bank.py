@@ -194,10 +194,7 @@ class _Shard:
             self.null_space = _regimes(sim_config)[0][1].null_space(
                 self.L_n.shape[0], device)
             self.reset()
-            #: the saved bank lacked tensors that were computed here
-            self.upgraded = False
             return
-        self.upgraded = False
         self.n = int(n)
         L = torch.as_tensor(np.asarray(spec.L_inv, np.float64)).to(device, dtype)
         regimes = _regimes(sim_config)
