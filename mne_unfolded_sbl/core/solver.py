@@ -60,6 +60,7 @@ lead field lives (:func:`_normalized_lead_field`).
 
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -248,16 +249,12 @@ class NullSpace:
         completed by a unit variance on the null directions."""
         return C - self._pcp_correction(C) + self.QQt
 
-    @property
+    @cached_property
     def P(self):
         """The projector ``I - Q Q^T`` onto the data subspace, (M, M)
         float64 (made on first use)."""
-        P = self.__dict__.get("_P")
-        if P is None:
-            P = torch.eye(self.Q.shape[0], dtype=self.Q.dtype,
-                          device=self.Q.device) - self.QQt
-            self._P = P
-        return P
+        return torch.eye(self.Q.shape[0], dtype=self.Q.dtype,
+                         device=self.Q.device) - self.QQt
 
     def noise_matrix(self, lam):
         """``P diag(lam) P + Q Q^T`` for noise variances ``lam`` (B, M):
