@@ -26,16 +26,19 @@ and the loss need, in the normalised units of
   the mass of the spatial term (:func:`~.loss.energy_distance`);
 * the regime of the mixture the sample was drawn from (``regime``), for
   the objective's per-regime hinge;
-* the per-sample, per-layer error, shape error (:func:`nmse_lowrank`) and
-  spatial error (energy distance of the RMS maps) of classical convex
-  bounding at the same depth (``l_ref``, ``s_ref``, ``e_ref``), the
-  references of the objective and of its "do no harm" hinge (:mod:`.loss`).
+* the per-sample, per-layer error, shape error (:func:`nmse_lowrank`),
+  spatial error (energy distance of the RMS maps) and support error (one
+  minus a soft F1 of the RMS maps, :func:`~.loss.support_error`) of
+  classical convex bounding at the same depth (``l_ref``, ``s_ref``,
+  ``e_ref``, ``f_ref``), the references of the objective and of its "do
+  no harm" hinge (:mod:`.loss`).
 
 The bank is rebuilt deterministically from the seed when a run resumes, and
 advanced through the layers trained so far.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,14 +49,14 @@ from ..core.simulator import EEGSimulator, derive_seed
 from ..core.solver import (CBState, NormalizedProblem, column_variances,
                            covariance_statistic, initial_state,
                            model_covariance, precision, prepare)
-from .loss import energy_distance
+from .loss import SPATIAL_THRESHOLD, energy_distance, support_error
 
 _BUILD, _DRAW = 11, 12  # stream tags of derive_seed
 #: Version of the saved bank layout (:meth:`SampleBank.save`); bump it when
 #: the simulator or the stored statistics change.
-BANK_FORMAT = 3
+BANK_FORMAT = 5
 _TENSORS = ("Cy", "F", "A", "cxx", "nv", "y_scale", "L_n", "Lt", "l_scale",
-            "x_rms", "regime", "l_ref", "s_ref", "e_ref")
+            "x_rms", "regime", "l_ref", "s_ref", "e_ref", "f_ref")
 #: Samples per chunk when building and advancing a bank.
 CHUNK = 128
 
@@ -159,6 +162,16 @@ def nmse_lowrank(L_n, Lt, gamma, lam, null_space, Cy_n, F, A, cxx_n,
     return out[0] if len(out) == 1 else tuple(out)
 
 
+class SampleErrors(NamedTuple):
+    """Per-sample errors of estimates on bank samples (:meth:`_Shard.errors`);
+    the ones not asked for are None. All shape (B,), float64."""
+
+    nmse: torch.Tensor
+    shape: torch.Tensor = None
+    spatial: torch.Tensor = None
+    support: torch.Tensor = None
+
+
 @dataclass
 class ShardSpec:
     """One lead field of a bank and how it is simulated.
@@ -229,8 +242,8 @@ class _Shard:
                 setattr(self, k, torch.cat(v))
         self.L_n, self.l_scale, self.Lt = lead_field
         self.reset()
-        self.l_ref, self.s_ref, self.e_ref = self._classical_reference(
-            net_kwargs["n_layers"])
+        self.l_ref, self.s_ref, self.e_ref, self.f_ref = \
+            self._classical_reference(net_kwargs["n_layers"])
 
     def _statistics(self, L, s, rank, dtype):
         """The stored statistics of the simulated samples ``s``, and the
@@ -278,18 +291,33 @@ class _Shard:
                                  self.l_scale, self.y_scale[idx], state,
                                  self.null_space, self.Lt)
 
-    def nmse(self, idx, gamma, lam, shape=False, spatial=False):
-        """Per-sample error of the posterior mean at ``(gamma, lam)``, with
-        ``shape=True`` also its shape error (:func:`nmse_lowrank`), with
-        ``spatial=True`` also its spatial error (the energy distance of the
-        estimated and true RMS maps, :func:`~.loss.energy_distance`)."""
+    def errors(self, idx, gamma, lam, shape=False, spatial=False,
+               support=False):
+        """Per-sample errors of the posterior mean at ``(gamma, lam)``.
+
+        Always its error (:func:`nmse_lowrank`); with ``shape=True`` also
+        its shape error, with ``spatial=True`` its spatial error (the
+        energy distance of the estimated and true RMS maps without their
+        sources below :data:`~.loss.SPATIAL_THRESHOLD` of the peak,
+        :func:`~.loss.energy_distance`), with ``support=True`` its support
+        error (:func:`~.loss.support_error` of those maps).
+
+        Returns
+        -------
+        errors : SampleErrors
+        """
+        maps = spatial or support
         out = nmse_lowrank(self.L_n, self.Lt, gamma, lam, self.null_space,
                            self.Cy[idx], self.F[idx], self.A[idx],
-                           self.cxx[idx], shape=shape, rms=spatial)
-        if not spatial:
-            return out
-        *head, rms = out
-        return (*head, energy_distance(self.x_rms[idx], rms, self.dist))
+                           self.cxx[idx], shape=shape, rms=maps)
+        out = list(out) if isinstance(out, tuple) else [out]
+        rms = out.pop() if maps else None
+        x_rms = self.x_rms[idx]
+        return SampleErrors(
+            nmse=out[0], shape=out[1] if shape else None,
+            spatial=(energy_distance(x_rms, rms, self.dist, SPATIAL_THRESHOLD)
+                     if spatial else None),
+            support=support_error(x_rms, rms) if support else None)
 
     @torch.no_grad()
     def advance(self, net, start, stop):
@@ -301,18 +329,18 @@ class _Shard:
 
     @torch.no_grad()
     def _classical_reference(self, n_layers):
-        """Errors, shape errors and spatial errors of classical convex
-        bounding after every layer, three (n, K) tensors."""
+        """Errors, shape errors, spatial errors and support errors of
+        classical convex bounding after every layer, four (n, K) tensors."""
         net = classical_network(n_layers, self.learn_noise,
                                 noise_init=self.noise_init).to(
             self.L_n.device, self.L_n.dtype)
         refs = [torch.empty(self.n, n_layers, dtype=torch.float64,
-                            device=self.L_n.device) for _ in range(3)]
+                            device=self.L_n.device) for _ in range(4)]
         for idx in self._chunks():
             out = net.run(self.problem(idx), return_trajectory=True)
             for k, st in enumerate(out.trajectory):
-                vals = self.nmse(idx, st["gamma"], st["lam"], shape=True,
-                                 spatial=True)
+                vals = self.errors(idx, st["gamma"], st["lam"], shape=True,
+                                   spatial=True, support=True)
                 for ref, v in zip(refs, vals):
                     ref[idx, k] = v.to(torch.float64)
         return tuple(refs)
@@ -430,28 +458,30 @@ class SampleBank:
         res : dict
             ``nmse`` and ``ref`` (classical at the same depth), ``shape``
             and ``shape_ref`` (the shape errors), ``spatial`` and
-            ``spatial_ref`` (the spatial errors) and ``regime`` (each
+            ``spatial_ref`` (the spatial errors), ``support`` and
+            ``support_ref`` (the support errors) and ``regime`` (each
             sample's regime), per shard name, as numpy arrays.
         """
         res = {}
         for s in self.shards:
-            err, shape, spatial = [], [], []
+            parts = []
             for idx in s._chunks():
                 out = net.run(s.problem(idx), start=self.position, stop=stop)
-                e, sh, sp = s.nmse(idx, out.gamma_n, out.lam_n, shape=True,
-                                   spatial=True)
-                err.append(e)
-                shape.append(sh)
-                spatial.append(sp)
-            res[s.name] = dict(nmse=torch.cat(err).cpu().numpy(),
+                parts.append(s.errors(idx, out.gamma_n, out.lam_n, shape=True,
+                                      spatial=True, support=True))
+            cat = SampleErrors(*(torch.cat(v).cpu().numpy()
+                                 for v in zip(*parts)))
+            res[s.name] = dict(nmse=cat.nmse,
                                ref=s.l_ref[:, stop - 1].cpu().numpy(),
-                               shape=torch.cat(shape).cpu().numpy(),
+                               shape=cat.shape,
                                shape_ref=s.s_ref[:, stop - 1].cpu().numpy(),
-                               spatial=torch.cat(spatial).cpu().numpy(),
+                               spatial=cat.spatial,
                                spatial_ref=s.e_ref[:, stop - 1].cpu().numpy(),
+                               support=cat.support,
+                               support_ref=s.f_ref[:, stop - 1].cpu().numpy(),
                                regime=s.regime.cpu().numpy())
         return res
 
 
-__all__ = ["SampleBank", "ShardSpec", "lowrank_cross", "nmse_from_stats",
+__all__ = ["SampleBank", "SampleErrors", "ShardSpec", "lowrank_cross", "nmse_from_stats",
            "nmse_lowrank"]

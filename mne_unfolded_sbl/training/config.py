@@ -37,7 +37,7 @@ SECTIONS = {
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
                  "lr_schedule", "min_lr_ratio", "beta_ds", "n_ds_layers",
                  "loss", "harm_weight", "shape_weight", "spatial_weight",
-                 "regime_weight"),
+                 "regime_weight", "support_weight"),
     "data": ("train_leadfield", "val_leadfield", "montage", "spacing",
              "conductivity", "val_conductivity", "bem_ico", "data_mode",
              "bank_size", "bank_shards", "bank_shard_weights",
@@ -97,7 +97,9 @@ class TrainConfig:
         distance of the estimated and true maps of source amplitude;
         log-ratio objective only); ``regime_weight``: the hinge on every
         regime's mean log-ratio in a batch (``bank_regimes``; log-ratio
-        objective only).
+        objective only); ``support_weight``: the log-ratio of the support
+        error (one minus a soft F1 of the estimated and true maps of source
+        amplitude; log-ratio objective only).
     Data
         Lead fields from ``.npz`` files (``train_leadfield``,
         ``val_leadfield``, written by
@@ -169,6 +171,7 @@ class TrainConfig:
     shape_weight: float = 0.0
     spatial_weight: float = 0.0
     regime_weight: float = 0.0
+    support_weight: float = 0.0
     # data
     train_leadfield: str = ""
     val_leadfield: str = ""
@@ -237,7 +240,8 @@ class TrainConfig:
         if self.loss == "log-ratio" and self.data_mode != "bank":
             raise ValueError("loss='log-ratio' needs data_mode='bank' (the "
                              "classical reference errors live in the bank).")
-        for name in ("shape_weight", "spatial_weight", "regime_weight"):
+        for name in ("shape_weight", "spatial_weight", "regime_weight",
+                     "support_weight"):
             w = getattr(self, name)
             if w < 0 or (w > 0 and self.loss != "log-ratio"):
                 raise ValueError(f"{name} must be >= 0, and > 0 only with "

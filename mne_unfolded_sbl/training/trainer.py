@@ -53,8 +53,8 @@ from .config import RUNTIME_FIELDS, TrainConfig
 from .data import SimulatedData, load_leadfields
 from ..core.weights import load_model, save_model
 from .export import write_model_card
-from .loss import (LOG_RATIO_EPS, SPATIAL_EPS, LossModule, draw_ds_layers,
-                   nmse)
+from .loss import (LOG_RATIO_EPS, SPATIAL_EPS, SUPPORT_EPS, LossModule,
+                   draw_ds_layers, nmse)
 
 #: Exit status of a run that stopped early (time limit, signal): resume it.
 EXIT_STOPPED = 75
@@ -173,7 +173,8 @@ class Trainer:
         self.loss_module = LossModule(self.net, self.config.loss,
                                       self.config.shape_weight,
                                       self.config.spatial_weight,
-                                      self.config.regime_weight)
+                                      self.config.regime_weight,
+                                      self.config.support_weight)
         self.phases = make_phases(config)
         self.phase_index = self.step = self.global_step = 0
         self.samples_seen = self.n_skipped = 0
@@ -578,8 +579,9 @@ class Trainer:
         the same samples, ``val_log_ratio`` the mean log-ratio of the two
         (the objective of ``loss="log-ratio"`` without its hinge; < 0:
         better than classical), ``val_shape_log_ratio`` and
-        ``val_spatial_log_ratio`` the same for the shape and spatial errors,
-        ``val_regimes`` the log-ratios of the errors and of the spatial
+        ``val_spatial_log_ratio`` and ``val_support_log_ratio`` the same for
+        the shape, spatial and support errors, ``val_regimes`` the
+        log-ratios of the errors, of the spatial errors and of the support
         errors per regime of the mixture (index in ``bank_regimes``),
         ``val_harm`` the fraction of samples where the network is more
         than 1 % worse, and ``val_shards`` both means per lead field.
@@ -593,7 +595,7 @@ class Trainer:
         res = self.val_bank.evaluate(net, stop)
         cat = {k: np.concatenate([r[k] for r in res.values()])
                for k in ("nmse", "ref", "shape", "shape_ref", "spatial",
-                         "spatial_ref", "regime")}
+                         "spatial_ref", "support", "support_ref", "regime")}
         err, ref = cat["nmse"], cat["ref"]
         rec = dict(event="val", **self._where(), val_loss=float(err.mean()),
                    val_ref=float(ref.mean()),
@@ -602,13 +604,17 @@ class Trainer:
                                                        cat["shape_ref"]),
                    val_spatial_log_ratio=_mean_log_ratio(
                        cat["spatial"], cat["spatial_ref"], SPATIAL_EPS),
+                   val_support_log_ratio=_mean_log_ratio(
+                       cat["support"], cat["support_ref"], SUPPORT_EPS),
                    val_harm=float((err > 1.01 * ref).mean()),
                    val_shards={k: [float(r["nmse"].mean()), float(r["ref"].mean())]
                                for k, r in res.items()})
         rec["val_regimes"] = {
             int(g): [_mean_log_ratio(err[m], ref[m]),
                      _mean_log_ratio(cat["spatial"][m], cat["spatial_ref"][m],
-                                     SPATIAL_EPS)]
+                                     SPATIAL_EPS),
+                     _mean_log_ratio(cat["support"][m], cat["support_ref"][m],
+                                     SUPPORT_EPS)]
             for g in np.unique(cat["regime"]) for m in [cat["regime"] == g]}
         rec["val_loss_final"] = rec["val_loss"] if stop == net.n_layers else None
         rec["val_ref_final"] = float(np.concatenate(

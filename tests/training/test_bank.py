@@ -111,7 +111,8 @@ def test_bank_reference_is_classical_and_advance_equals_full_run():
     # the reference after layer k is classical CB run for k + 1 iterations
     cb = classical_network(4, True)
     out = cb.run(shard.problem(idx), stop=2)
-    np.testing.assert_allclose(shard.nmse(idx, out.gamma_n, out.lam_n).numpy(),
+    np.testing.assert_allclose(
+        shard.errors(idx, out.gamma_n, out.lam_n).nmse.numpy(),
                                shard.l_ref[:, 1].numpy(), rtol=1e-10)
     # a network's cached prefix after 2 layers, then 2 more, is the full run
     net = _perturbed(UnfoldedSBL(4, "deep-cb", True).double())
@@ -197,8 +198,8 @@ def test_bank_save_load_roundtrip(tmp_path):
         assert a.n == b.n and a.name == b.name
         torch.testing.assert_close(a.l_ref, b.l_ref)
         idx = torch.arange(a.n)
-        torch.testing.assert_close(a.nmse(idx, a.gamma, a.lam),
-                                   b.nmse(idx, b.gamma, b.lam))
+        torch.testing.assert_close(a.errors(idx, a.gamma, a.lam).nmse,
+                                   b.errors(idx, b.gamma, b.lam).nmse)
     with pytest.raises(ValueError, match="not a bank of this layout"):
         SampleBank.load(tmp_path / "bank.pt", specs[:1], 12, SIM, 0, NET, "cpu",
                         torch.float64)
@@ -251,7 +252,7 @@ def test_regime_hinge_pays_for_every_regime_made_worse_on_average():
     bank = SampleBank([_spec()], 32, [(1.0, one), (1.0, SIM)], 0, NET, "cpu",
                       torch.float64)
     loss, net, shard, idx, out = _log_ratio_loss(bank, 16, regime_weight=5.0)
-    err = shard.nmse(idx, out.gamma_n, out.lam_n).detach()
+    err = shard.errors(idx, out.gamma_n, out.lam_n).nmse.detach()
     r = torch.log(err + LOG_RATIO_EPS) - torch.log(shard.l_ref[idx, 3]
                                                    + LOG_RATIO_EPS)
     reg = shard.regime[idx]
@@ -283,7 +284,7 @@ def test_log_ratio_objective_matches_its_formula():
     loss, _, _ = mod(None, batch, 4, harm_weight=3.0)
     with torch.no_grad():
         out = net.run(shard.problem(idx))
-        err = shard.nmse(idx, out.gamma_n, out.lam_n)
+        err = shard.errors(idx, out.gamma_n, out.lam_n).nmse
     r = torch.log(err + LOG_RATIO_EPS) - torch.log(shard.l_ref[idx, 3]
                                                    + LOG_RATIO_EPS)
     want = r.mean() + 3.0 * torch.relu(r).mean()
@@ -389,7 +390,8 @@ def test_shape_error_is_the_error_of_the_best_scaled_estimate():
     cb = classical_network(4, True).double()
     with torch.no_grad():
         o = cb.run(sh.problem(idx))
-    np.testing.assert_allclose(sh.nmse(idx, o.gamma_n, o.lam_n, shape=True)[1],
+    np.testing.assert_allclose(sh.errors(idx, o.gamma_n, o.lam_n,
+                                         shape=True).shape,
                                sh.s_ref[:, 3], rtol=1e-10)
 
 
@@ -399,7 +401,7 @@ def test_shape_term_adds_the_log_ratio_of_shape_errors():
     bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
     loss, net, shard, idx, out = _log_ratio_loss(bank, 8, shape_weight=0.5)
     with torch.no_grad():
-        err, shape = shard.nmse(idx, out.gamma_n, out.lam_n, shape=True)
+        err, shape, *_ = shard.errors(idx, out.gamma_n, out.lam_n, shape=True)
 
     def scored(e, ref):
         r = torch.log(e + LOG_RATIO_EPS) - torch.log(ref + LOG_RATIO_EPS)
@@ -420,7 +422,7 @@ def test_bank_of_another_format_is_refused_and_a_saved_one_reloads(tmp_path):
     bank.save(tmp_path / "bank.pt")
     back = SampleBank.load(tmp_path / "bank.pt", specs, 10, SIM, 0, NET, "cpu",
                            torch.float64)
-    for name in ("x_rms", "l_ref", "s_ref", "e_ref"):
+    for name in ("x_rms", "l_ref", "s_ref", "e_ref", "f_ref"):
         torch.testing.assert_close(getattr(back.shards[0], name),
                                    getattr(bank.shards[0], name))
     d = torch.load(tmp_path / "bank.pt", weights_only=True)
@@ -448,6 +450,15 @@ def test_energy_distance_against_analytic_cases_and_the_exact_emd():
     e = energy_distance(a, b, D)
     assert e[0].item() == pytest.approx(2 * D[3, 70].item(), rel=1e-12)
     assert e[1].item() == pytest.approx(0.0, abs=1e-12)
+    # a threshold drops the sources below that fraction of each map's peak
+    # (the benchmark's emd_threshold): a weak far-off source counts without
+    # it, not with it
+    b[0, 100] = 0.04  # 0.8 % of the peak
+    assert energy_distance(a, b, D)[0].item() != pytest.approx(
+        2 * D[3, 70].item(), rel=1e-6)
+    assert energy_distance(a, b, D, 0.01)[0].item() == pytest.approx(
+        2 * D[3, 70].item(), rel=1e-12)
+    b[0, 100] = 0.0
     # random sparse maps: the formula, and 0 <= E <= 2 W1 (exact EMD)
     rng = np.random.default_rng(1)
     m = rng.random((2, 6, N)) * (rng.random((2, 6, N)) < 0.1)
@@ -462,7 +473,8 @@ def test_energy_distance_against_analytic_cases_and_the_exact_emd():
 
 def test_spatial_term_adds_the_log_ratio_of_spatial_errors():
     from mne_unfolded_sbl.training.loss import (LOG_RATIO_EPS, SPATIAL_EPS,
-                                                LossModule, energy_distance)
+                                                SPATIAL_THRESHOLD, LossModule,
+                                                energy_distance)
 
     bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
     shard = bank.shards[0]
@@ -473,11 +485,13 @@ def test_spatial_term_adds_the_log_ratio_of_spatial_errors():
         _, rms = nmse_lowrank(shard.L_n, shard.Lt, o.gamma_n, o.lam_n,
                               shard.null_space, shard.Cy[idx], shard.F[idx],
                               shard.A[idx], shard.cxx[idx], rms=True)
-    np.testing.assert_allclose(energy_distance(shard.x_rms, rms, shard.dist),
+    np.testing.assert_allclose(energy_distance(shard.x_rms, rms, shard.dist,
+                                               SPATIAL_THRESHOLD),
                                shard.e_ref[:, 3], rtol=1e-10)
     loss, net, shard, idx, out = _log_ratio_loss(bank, 8, spatial_weight=0.7)
     with torch.no_grad():
-        err, spatial = shard.nmse(idx, out.gamma_n, out.lam_n, spatial=True)
+        e = shard.errors(idx, out.gamma_n, out.lam_n, spatial=True)
+        err, spatial = e.nmse, e.spatial
 
     def scored(e, ref, eps):
         r = torch.log(e + eps) - torch.log(ref + eps)
@@ -492,3 +506,85 @@ def test_spatial_term_adds_the_log_ratio_of_spatial_errors():
         LossModule(net, "nmse", spatial_weight=1.0)
     with pytest.raises(ValueError, match="spatial_weight"):
         load_config(TINY, spatial_weight=1.0)
+
+
+def test_support_error_against_analytic_cases_and_the_benchmark_f1():
+    import inspect
+
+    from mne_unfolded_sbl.core.metrics import precision_recall_f1
+    from mne_unfolded_sbl.training.loss import (SUPPORT_THRESHOLD,
+                                                support_error)
+
+    # the benchmark's support threshold
+    assert SUPPORT_THRESHOLD == inspect.signature(
+        precision_recall_f1).parameters["threshold"].default
+    N = 50
+    t = torch.zeros(4, N, dtype=torch.float64)
+    t[:, [3, 10]] = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    e = torch.zeros(4, N, dtype=torch.float64)
+    e[0, [3, 10]] = torch.tensor([2.0, 1.0], dtype=torch.float64)  # exact
+    e[1, [3, 10, 20]] = torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64)
+    e[2, 3] = 1.0  # one of two found, a weak source well below 10 %
+    e[2, 30] = 0.01
+    # e[3] = 0: nothing found
+    err = support_error(t, e).numpy()
+    # F1 = 2 tp / (|S_true| + |S_est|): the step is 0 / 1 away from 10 %
+    np.testing.assert_allclose(err, [0.0, 1 - 4 / 5, 1 - 2 / 3, 1.0],
+                               atol=1e-12)
+    # within the step: a source at the threshold counts half
+    e[3, 3], e[3, 40] = 1.0, 0.1
+    assert support_error(t[3:], e[3:]).item() == pytest.approx(
+        1 - 2 * 1 / (2 + 1.5), abs=1e-12)
+    # random maps with no value near the threshold: 1 - the benchmark's F1
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = rng.random((2, N)) * (rng.random((2, N)) < 0.3)
+        for m in x:  # no ratio within the step around 0.1
+            r = m / m.max()
+            m[np.abs(r - 0.1) < 0.06] = 0.0
+        f1 = precision_recall_f1(x[0][:, None], x[1][:, None])[2]
+        got = support_error(torch.as_tensor(x[:1]), torch.as_tensor(x[1:]))
+        assert got.item() == pytest.approx(1 - f1, abs=1e-12)
+    # differentiable: a gradient for the sources within the step (and the
+    # peak), none for the others
+    e1 = e[3:4].clone().requires_grad_(True)
+    support_error(t[:1], e1).sum().backward()
+    assert e1.grad[0, 40] > 0 and e1.grad[0, 3] != 0
+    assert torch.isfinite(e1.grad).all()
+    assert (e1.grad[0, [n for n in range(N) if n not in (3, 40)]] == 0).all()
+
+
+def test_support_term_adds_the_log_ratio_of_support_errors():
+    from mne_unfolded_sbl.training.loss import (LOG_RATIO_EPS, SUPPORT_EPS,
+                                                LossModule, support_error)
+
+    bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
+    shard = bank.shards[0]
+    # the bank's classical support references are those of classical CB
+    idx = torch.arange(shard.n)
+    with torch.no_grad():
+        o = classical_network(4, True).double().run(shard.problem(idx))
+        _, rms = nmse_lowrank(shard.L_n, shard.Lt, o.gamma_n, o.lam_n,
+                              shard.null_space, shard.Cy[idx], shard.F[idx],
+                              shard.A[idx], shard.cxx[idx], rms=True)
+    np.testing.assert_allclose(support_error(shard.x_rms, rms),
+                               shard.f_ref[:, 3], rtol=1e-10)
+    assert (shard.f_ref[:, 3] > 0).any()
+    loss, net, shard, idx, out = _log_ratio_loss(bank, 8, support_weight=0.4)
+    with torch.no_grad():
+        e = shard.errors(idx, out.gamma_n, out.lam_n, support=True)
+    assert e.shape is None and e.spatial is None
+
+    def scored(x, ref, eps):
+        r = torch.log(x + eps) - torch.log(ref + eps)
+        return r.mean() + 2.0 * torch.relu(r).mean()
+
+    want = (scored(e.nmse, shard.l_ref[idx, 3], LOG_RATIO_EPS)
+            + 0.4 * scored(e.support, shard.f_ref[idx, 3], SUPPORT_EPS))
+    np.testing.assert_allclose(float(loss.detach()), float(want), rtol=1e-9)
+    assert float(loss.detach()) != pytest.approx(
+        float(scored(e.nmse, shard.l_ref[idx, 3], LOG_RATIO_EPS)))
+    with pytest.raises(ValueError, match="support_weight"):
+        LossModule(net, "nmse", support_weight=1.0)
+    with pytest.raises(ValueError, match="support_weight"):
+        load_config(TINY, support_weight=1.0)
