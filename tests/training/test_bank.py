@@ -62,6 +62,18 @@ def _log_ratio_loss(bank, batch_size, **loss_kw):
     return loss, net, shard, idx, out
 
 
+def _classical_rms(shard, n_layers=4):
+    """The RMS maps of classical CB's estimates after ``n_layers`` layers on
+    every sample of ``shard``, from the statistics (:func:`nmse_lowrank`)."""
+    idx = torch.arange(shard.n)
+    with torch.no_grad():
+        o = classical_network(n_layers, True).double().run(shard.problem(idx))
+        _, rms = nmse_lowrank(shard.L_n, shard.Lt, o.gamma_n, o.lam_n,
+                              shard.null_space, shard.Cy[idx], shard.F[idx],
+                              shard.A[idx], shard.cxx[idx], rms=True)
+    return rms
+
+
 def _solved(n, seed):
     """A perturbed Deep CB's output on ``n`` simulated samples, with the
     samples and the normalised ``Y_n``, ``X_n``."""
@@ -479,12 +491,7 @@ def test_spatial_term_adds_the_log_ratio_of_spatial_errors():
     bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
     shard = bank.shards[0]
     # the bank's classical spatial references are those of classical CB
-    idx = torch.arange(shard.n)
-    with torch.no_grad():
-        o = classical_network(4, True).double().run(shard.problem(idx))
-        _, rms = nmse_lowrank(shard.L_n, shard.Lt, o.gamma_n, o.lam_n,
-                              shard.null_space, shard.Cy[idx], shard.F[idx],
-                              shard.A[idx], shard.cxx[idx], rms=True)
+    rms = _classical_rms(shard)
     np.testing.assert_allclose(energy_distance(shard.x_rms, rms, shard.dist,
                                                SPATIAL_THRESHOLD),
                                shard.e_ref[:, 3], rtol=1e-10)
@@ -561,12 +568,7 @@ def test_support_term_adds_the_log_ratio_of_support_errors():
     bank = SampleBank([_spec()], 16, SIM, 0, NET, "cpu", torch.float64)
     shard = bank.shards[0]
     # the bank's classical support references are those of classical CB
-    idx = torch.arange(shard.n)
-    with torch.no_grad():
-        o = classical_network(4, True).double().run(shard.problem(idx))
-        _, rms = nmse_lowrank(shard.L_n, shard.Lt, o.gamma_n, o.lam_n,
-                              shard.null_space, shard.Cy[idx], shard.F[idx],
-                              shard.A[idx], shard.cxx[idx], rms=True)
+    rms = _classical_rms(shard)
     np.testing.assert_allclose(support_error(shard.x_rms, rms),
                                shard.f_ref[:, 3], rtol=1e-10)
     assert (shard.f_ref[:, 3] > 0).any()
