@@ -483,5 +483,5 @@ class SampleBank:
         return res
 
 
-__all__ = ["SampleBank", "SampleErrors", "ShardSpec", "lowrank_cross", "nmse_from_stats",
-           "nmse_lowrank"]
+__all__ = ["SampleBank", "SampleErrors", "ShardSpec", "lowrank_cross",
+           "nmse_from_stats", "nmse_lowrank"]

@@ -50,9 +50,9 @@ amplitude away from the patches (EMD up 4-6 %, F1 down 8-13 % against
 classical convex bounding). The spatial error is the energy distance
 (:func:`energy_distance`) between the true and estimated maps of temporal
 RMS amplitude, each without the sources below :data:`SPATIAL_THRESHOLD` of
-its peak and normalised to unit mass, on the source positions (the
-masses and ground cost of the EMD of the do-no-harm tables): a point mass moved by
-``d`` costs ``2 d``, like twice its EMD, and it is differentiable and costs
+its peak and normalised to unit mass, on the source positions (the masses
+and ground cost of the EMD of the do-no-harm tables): a point mass moved
+by ``d`` costs ``2 d``, like twice its EMD, and it is differentiable and costs
 one ``N x N`` product per sample. It gets the same log-ratio treatment
 (floor :data:`SPATIAL_EPS`) and is added with weight ``v``.
 
