@@ -46,6 +46,7 @@ __all__ = [
     "f1_support",
     "average_precision",
     "evaluate",
+    "SUPPORT_THRESHOLD",
 ]
 
 _DEFAULT_N_NEIGHBORS = 6
@@ -54,7 +55,9 @@ _DEFAULT_PEAK_THRESHOLD = 0.1
 #: maximum closer than this to a stronger one is dropped, so the ripples of
 #: a dense estimate do not count as separate peaks.
 _DEFAULT_MIN_DISTANCE = 0.02
-_DEFAULT_SUPPORT_THRESHOLD = 0.1
+#: Default support threshold of F1 and AP: a source is in a map's support
+#: when its temporal RMS is at least this fraction of the map's peak.
+SUPPORT_THRESHOLD = 0.1
 
 
 def _to_numpy(x, name, ndim=None):
@@ -357,7 +360,7 @@ def emd(x_true, x_est, pos, *, threshold=0.0, num_iter_max=1_000_000):
     return float(ot.emd2(a, b, M, numItermax=int(num_iter_max)))
 
 
-def precision_recall_f1(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
+def precision_recall_f1(x_true, x_est, threshold=SUPPORT_THRESHOLD):
     """Support-recovery precision, recall and F1.
 
     Parameters
@@ -396,7 +399,7 @@ def precision_recall_f1(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
     return float(precision), float(recall), float(f1)
 
 
-def f1_support(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
+def f1_support(x_true, x_est, threshold=SUPPORT_THRESHOLD):
     """F1 score of support recovery.
 
     Parameters
@@ -416,7 +419,7 @@ def f1_support(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
     return precision_recall_f1(x_true, x_est, threshold)[2]
 
 
-def average_precision(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
+def average_precision(x_true, x_est, threshold=SUPPORT_THRESHOLD):
     """Average precision (AP) of support detection by the estimated power.
 
     Every threshold on the estimated temporal RMS ``p_est`` gives a
@@ -468,7 +471,7 @@ def average_precision(x_true, x_est, threshold=_DEFAULT_SUPPORT_THRESHOLD):
 @verbose
 def evaluate(x_true, x_est, pos, *, neighbors=None, adjacency=None, radius=None,
              n_neighbors=_DEFAULT_N_NEIGHBORS, peak_threshold=_DEFAULT_PEAK_THRESHOLD,
-             support_threshold=_DEFAULT_SUPPORT_THRESHOLD, emd_threshold=0.0,
+             support_threshold=SUPPORT_THRESHOLD, emd_threshold=0.0,
              verbose=None):
     """Compute all metrics for a batch of samples.
 

@@ -77,7 +77,8 @@ source-only Deep CB was about 1 % worse than classical convex bounding on
 2-4 dipoles at 1-3 dB (F1) because it found more of the true sources and
 more spurious ones (recall +2.3, precision -2.1 points). The support error
 (:func:`support_error`) is ``1 -`` a soft F1 of the RMS maps, with the
-benchmark's support threshold (:data:`SUPPORT_THRESHOLD` of the peak) and
+benchmark's support threshold
+(:data:`~mne_unfolded_sbl.core.metrics.SUPPORT_THRESHOLD` of the peak) and
 a smooth step of half-width :data:`SUPPORT_WIDTH` around it for the
 estimate's support; it gets the same log-ratio treatment (floor
 :data:`SUPPORT_EPS`).
@@ -85,6 +86,8 @@ estimate's support; it gets the same log-ratio treatment (floor
 
 import torch
 from torch import nn
+
+from ..core.metrics import SUPPORT_THRESHOLD
 
 #: Floor added to both errors of the log-ratio objective: errors below it
 #: (a near-perfect estimate) are not worth chasing.
@@ -100,9 +103,6 @@ SPATIAL_EPS = 1e-3
 #: the source-only Deep CB then beat CB in energy distance and exact EMD
 #: while losing in the tables' EMD.
 SPATIAL_THRESHOLD = 0.01
-#: Support threshold of the support term, relative to the peak RMS: the
-#: benchmark's F1 (:func:`mne_unfolded_sbl.core.metrics.precision_recall_f1`).
-SUPPORT_THRESHOLD = 0.1
 #: Half-width of the smooth step that makes the estimate's support soft (in
 #: units of the peak RMS): a source below 0.05 of the peak is out, above
 #: 0.15 in, and only sources in between have a gradient (a sigmoid would
