@@ -26,7 +26,9 @@ Per-sample results are kept in ``do-no-harm_{setting}_samples.csv`` in the
 output folder and reused by the next run with the same seed, BEM,
 precision, simulation, EMD threshold, weights and code of
 :mod:`mne_unfolded_sbl.core` (only the missing samples and models run), so
-a 20-sample check can be extended to 500 samples.
+a 20-sample check can be extended to 500 samples. Learned models are
+recognised by their weights (sha256), not their name: a weights file
+checked by its path and then registered under a model key is not run again.
 """
 
 from __future__ import annotations
@@ -541,6 +543,37 @@ def _code_tag():
     return "k-" + h.hexdigest()[:12]
 
 
+def _reusable(cached, tags, methods, fingerprints):
+    """The cached per-sample records valid for ``methods``, keyed by
+    ``(method key, sample)``.
+
+    A record is valid for a method when the run's tags match and it was
+    made with the same solver or weights (:func:`_fingerprint`). Learned
+    models run at their full depth, so their weights identify their
+    results whatever the method was called: a weights file checked by its
+    path and the same file registered later under a model key share their
+    records (copies under the new key and label).
+    """
+    by_weights = {}
+    for r in cached:
+        if _matches(r, tags) and str(r.get("weights", "")).startswith("w-"):
+            by_weights.setdefault((r["weights"], int(r["sample"])), r)
+    valid = {}
+    for r in cached:
+        if _matches(r, tags) and r.get("weights") == \
+                fingerprints.get(r.get("method")):
+            valid[(r["method"], int(r["sample"]))] = r
+    for m in methods:
+        fp = fingerprints[m.key]
+        if not fp.startswith("w-"):
+            continue
+        for (w, sample), r in by_weights.items():
+            if w == fp and (m.key, sample) not in valid:
+                valid[(m.key, sample)] = dict(r, method=m.key,
+                                             label=m.label)
+    return valid
+
+
 def _config_tag(setting, bem_ico):
     """Identifies a setting's simulation (config and BEM)."""
     text = f"{setting.simulation_config()!r}|{setting.montage}|" \
@@ -708,10 +741,7 @@ def run_do_no_harm(settings=None, models=None, *, n_samples=500, seed=0,
         cached = _read_cache(path)
         valid = {}
         if reuse:
-            for r in cached:
-                if _matches(r, tags) and r.get("weights") == \
-                        fingerprints.get(r.get("method")):
-                    valid[(r["method"], int(r["sample"]))] = r
+            valid = _reusable(cached, tags, methods, fingerprints)
         groups = {}
         for m in methods:
             k = 0

@@ -194,6 +194,48 @@ def test_cli_do_no_harm_end_to_end(tiny_regimes, tmp_path, capsys):
             assert r["rmse"] == old[(r["method"], r["sample"])]
 
 
+def test_do_no_harm_reuses_weights_under_another_key(tiny_regimes, tmp_path):
+    """Records of a weights file are reused when the same weights are
+    checked under their registered key (same sha256): nothing is run
+    again, and the per-sample results are those of the file."""
+    import shutil
+
+    from mne_unfolded_sbl.core.weights import fetch_weights
+
+    _needs_regime_fields()
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(fetch_weights("deep-cb_joint"), copy)
+    out = tmp_path / "dnh"
+    first = dnh.run_do_no_harm(["single-focal"], str(copy), n_samples=3,
+                               out=out, progress=False)
+    (file_key,) = {r["method"] for r in first.records} - {"cb-joint-25"}
+    assert file_key != "deep-cb-joint"
+    again = dnh.run_do_no_harm(["single-focal"], "deep-cb-joint",
+                               n_samples=3, out=out, progress=False)
+    assert again.info["runs"] == {}  # everything reused
+    old = {r["sample"]: r["rmse"] for r in first.records
+           if r["method"] == file_key}
+    new = {r["sample"]: r["rmse"] for r in again.records
+           if r["method"] == "deep-cb-joint"}
+    assert new == old and len(new) == 3
+    assert {r["label"] for r in again.records
+            if r["method"] == "deep-cb-joint"} == {"Deep CB (γ,λ)"}
+    (row,) = again.rows
+    (row0,) = first.rows
+    assert row["model"] == "deep-cb-joint"
+    assert row["rmse"] == row0["rmse"] and row["n"] == 3
+    # other weights are not confused with them: their samples are run
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+    from mne_unfolded_sbl.core.weights import save_model
+
+    other = save_model(UnfoldedSBL(25, "deep-cb", True),
+                       tmp_path / "other.safetensors")
+    res = dnh.run_do_no_harm(["single-focal"], str(other), n_samples=3,
+                             out=out, progress=False)
+    (runs,) = res.info["runs"]["single-focal"]
+    assert runs["first"] == 0 and len(runs["methods"]) == 1
+
+
 def test_cli_do_no_harm_geometry_and_strict(tiny_regimes, tmp_path,
                                             monkeypatch, capsys):
     """Bias CB weights of another geometry are reported n/a (geometry);
