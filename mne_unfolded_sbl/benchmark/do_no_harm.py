@@ -554,23 +554,20 @@ def _reusable(cached, tags, methods, fingerprints):
     path and the same file registered later under a model key share their
     records (copies under the new key and label).
     """
-    by_weights = {}
-    for r in cached:
-        if _matches(r, tags) and str(r.get("weights", "")).startswith("w-"):
-            by_weights.setdefault((r["weights"], int(r["sample"])), r)
+    learned = {}  # weights fingerprint -> the methods that run them
+    for m in methods:
+        if fingerprints[m.key].startswith("w-"):
+            learned.setdefault(fingerprints[m.key], []).append(m)
     valid = {}
     for r in cached:
-        if _matches(r, tags) and r.get("weights") == \
-                fingerprints.get(r.get("method")):
-            valid[(r["method"], int(r["sample"]))] = r
-    for m in methods:
-        fp = fingerprints[m.key]
-        if not fp.startswith("w-"):
+        if not _matches(r, tags):
             continue
-        for (w, sample), r in by_weights.items():
-            if w == fp and (m.key, sample) not in valid:
-                valid[(m.key, sample)] = dict(r, method=m.key,
-                                             label=m.label)
+        sample = int(r["sample"])
+        if r.get("weights") == fingerprints.get(r.get("method")):
+            valid[(r["method"], sample)] = r
+        for m in learned.get(r.get("weights"), ()):
+            valid.setdefault((m.key, sample),
+                             dict(r, method=m.key, label=m.label))
     return valid
 
 
