@@ -199,7 +199,8 @@ def throughput(L, device, dtypes, batches, n_times, repeats, table,
                 nv = nv.to(device=device, dtype=dtype)
                 try:
                     with torch.inference_mode():
-                        t, _ = timeit(lambda: run(Y, nv), repeats, 1, device)
+                        t, _ = timeit(lambda Y=Y, nv=nv: run(Y, nv),
+                                      repeats, 1, device)
                 except torch.OutOfMemoryError:
                     table.add("throughput", f"25 layers {name}, {str(dtype)[6:]}, "
                               f"batch {B}", "out of memory", None)

@@ -181,12 +181,17 @@ class UnfoldedSBL(nn.Module):
         Input features and output bounds of the corrections
         (:data:`~mne_unfolded_sbl.core.corrections.FEATURE_SETS`):
         ``"absolute"`` is the set of the first bundled weights.
+    centered_bias : bool
+        ``"bias-cb"`` only: apply each layer's offsets minus their mean
+        (:class:`~mne_unfolded_sbl.core.corrections.BiasCorrection`), so
+        they cannot shift the level of all variances at once. Weights files
+        without this setting were trained uncentred.
     """
 
     def __init__(self, n_layers=25, model="cb", learn_noise=True, *,
                  n_sources=None, n_sensors=None, hidden=32, embed_dim=16,
                  n_heads=2, rel_threshold=None, noise_init=0.1,
-                 features="relative"):
+                 features="relative", centered_bias=False):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -201,7 +206,8 @@ class UnfoldedSBL(nn.Module):
                            n_sensors=n_sensors, hidden=hidden,
                            embed_dim=embed_dim, n_heads=n_heads,
                            rel_threshold=rel_threshold, noise_init=noise_init,
-                           features=check_features(features))
+                           features=check_features(features),
+                           centered_bias=bool(centered_bias))
         self.model = model
         self.learn_noise = bool(learn_noise)
         self.rel_threshold = rel_threshold
@@ -218,9 +224,10 @@ class UnfoldedSBL(nn.Module):
             return None, None
         f = c["features"]
         if self.model == "bias-cb":
-            return (BiasCorrection(c["n_sources"], f),
-                    BiasCorrection(c["n_sensors"], f) if self.learn_noise
-                    else None)
+            centered = c["centered_bias"]
+            return (BiasCorrection(c["n_sources"], f, centered),
+                    BiasCorrection(c["n_sensors"], f, centered)
+                    if self.learn_noise else None)
         noise = MLPCorrection(c["hidden"], features=f) if self.learn_noise \
             else None
         if self.model == "deep-cb":

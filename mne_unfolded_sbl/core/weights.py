@@ -146,13 +146,14 @@ def _network_from_config(config, fname):
     """``UnfoldedSBL(**config)`` with an error that names the file.
 
     Files written before the correction features were versioned use the
-    ``"absolute"`` features they were trained with.
+    ``"absolute"`` features they were trained with, and files written
+    before Bias CB's offsets could be centred hold uncentred ones.
     """
     if not isinstance(config, dict):
         raise ValueError(f"The weights file {fname} has a config that is not "
                          f"a dict ({type(config).__name__}); it was not "
                          "written by mne_unfolded_sbl.core.weights.save_model.")
-    config = {"features": "absolute", **config}
+    config = {"features": "absolute", "centered_bias": False, **config}
     known = set(inspect.signature(UnfoldedSBL).parameters)
     unknown = sorted(set(config) - known)
     if unknown:

@@ -31,7 +31,7 @@ TRAINABLE_MODELS = ("bias-cb", "deep-cb", "deep-attn-cb")
 SECTIONS = {
     "model": ("model", "learn_noise", "n_layers", "hidden", "embed_dim",
               "n_heads", "rel_threshold", "noise_init", "features",
-              "init_weights"),
+              "centered_bias", "init_weights"),
     "optim": ("lr", "finetune_lr", "betas", "adam_eps", "grad_clip",
               "gradient_checkpointing"),
     "schedule": ("batch_size", "progressive", "phase_steps", "finetune_steps",
@@ -68,7 +68,8 @@ class TrainConfig:
         ``embed_dim``, ``n_heads`` (attention), ``rel_threshold`` (hard
         threshold eps_rel, 0 = off), ``noise_init``, ``features`` (the
         corrections' feature set, "relative" or "absolute": that of the
-        first bundled weights); ``init_weights``
+        first bundled weights), ``centered_bias`` (Bias CB: offsets minus
+        their mean, no common shift of all variances); ``init_weights``
         (empty: zero-initialised corrections, i.e. the classical solver;
         else a ``.safetensors`` weights file or a bundled model name such
         as ``"deep-cb"`` (with this run's ``learn_noise``) to fine-tune
@@ -149,6 +150,7 @@ class TrainConfig:
     rel_threshold: float = 0.0
     noise_init: float = 0.1
     features: str = "relative"
+    centered_bias: bool = False
     init_weights: str = ""
     # optimisation
     lr: float = 1e-3
@@ -313,7 +315,8 @@ class TrainConfig:
                     n_sensors=int(n_sensors), hidden=self.hidden,
                     embed_dim=self.embed_dim, n_heads=self.n_heads,
                     rel_threshold=self.rel_threshold or None,
-                    noise_init=self.noise_init, features=self.features)
+                    noise_init=self.noise_init, features=self.features,
+                    centered_bias=self.centered_bias)
 
     def to_dict(self):
         """Plain dict (JSON/TOML-serialisable: lists instead of tuples)."""

@@ -181,3 +181,53 @@ def set_benchmark_section(fname, section):
     head = text.split("## Benchmark", 1)[0].rstrip()
     Path(fname).write_text(head + "\n\n" + section)
     return Path(fname)
+
+
+def average_weights(fname_a, fname_b, alpha, fname_out):
+    """Write the weight average ``(1 - alpha) a + alpha b`` of two networks.
+
+    Both files must hold the same network (same config, e.g. a fine-tuning
+    run and the weights it started from): averaging the parameters of
+    two points of one training trajectory gives a model between them
+    ("model soup", Wortsman et al. 2022), here to trade the two runs'
+    metrics against each other without a new training run.
+
+    Parameters
+    ----------
+    fname_a, fname_b : path-like
+        The two weights files (``alpha = 0`` gives ``a``, ``1`` gives ``b``).
+    alpha : float
+        Weight of ``b``, in [0, 1].
+    fname_out : path-like
+        Output weights file. Its training record is ``b``'s, with
+        ``"weight_average"`` naming both inputs, their sha256 and ``alpha``.
+
+    Returns
+    -------
+    fname_out : Path
+    """
+    import torch
+
+    from ..core.weights import (load_weights, read_metadata, save_model,
+                                sha256)
+
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    config_a, _ = read_metadata(fname_a)
+    config_b, card = read_metadata(fname_b)
+    if config_a != config_b:
+        raise ValueError(
+            f"{fname_a} and {fname_b} hold different networks ({config_a} vs "
+            f"{config_b}); only weights of one architecture can be averaged.")
+    net_a, net_b = load_weights(fname_a), load_weights(fname_b)
+    state_b = net_b.state_dict()
+    with torch.no_grad():
+        avg = {k: torch.lerp(v, state_b[k].to(v.dtype), alpha)
+               if v.is_floating_point() else v
+               for k, v in net_a.state_dict().items()}
+    net_a.load_state_dict(avg)
+    card = dict(card, weight_average={
+        "a": str(fname_a), "b": str(fname_b), "alpha": alpha,
+        "sha256_a": sha256(fname_a), "sha256_b": sha256(fname_b)})
+    return save_model(net_a, fname_out, card)

@@ -158,3 +158,99 @@ def test_feature_sets_are_versioned_with_the_weights(tmp_path):
     torch.testing.assert_close(shifted[..., [0, 1, 3, 4]], zr[..., [0, 1, 3, 4]])
     with pytest.raises(ValueError, match="features must be one of"):
         UnfoldedSBL(3, "deep-cb", True, features="raw")
+
+
+def _bias_problem(seed=0, n_sensors=12, n_sources=40, n_times=30):
+    rng = np.random.default_rng(seed)
+    L = torch.tensor(rng.standard_normal((n_sensors, n_sources)))
+    X = np.zeros((n_sources, n_times))
+    X[[3, 17]] = rng.standard_normal((2, n_times))
+    Y = L.numpy() @ X + 0.3 * rng.standard_normal((n_sensors, n_times))
+    return L, covariance_statistic(torch.tensor(Y)[None])
+
+
+@pytest.mark.parametrize("learn_noise", [True, False])
+def test_centered_bias_cannot_shift_all_variances(learn_noise):
+    """A centred Bias CB whose offsets are the same for every source (and
+    sensor) is exactly the classical solver: a common offset is removed.
+    Uncentred, the same offsets change the estimate; centred, offsets that
+    differ between sources still act."""
+    L, Cy = _bias_problem()
+    M, N = L.shape
+    noise = None if learn_noise else torch.full((M,), 0.09, dtype=L.dtype)
+    ref = UnfoldedSBL(6, "cb", learn_noise).double()(L, Cy, noise).gamma_n
+
+    def run(centered, offsets):
+        net = UnfoldedSBL(6, "bias-cb", learn_noise, n_sources=N,
+                          n_sensors=M, centered_bias=centered).double()
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p.copy_(offsets(p.shape[0]))
+        return net(L, Cy, noise).gamma_n
+
+    torch.testing.assert_close(run(True, lambda n: torch.full((n,), 1.5)), ref,
+                               rtol=1e-10, atol=1e-14)
+    assert not torch.allclose(run(False, lambda n: torch.full((n,), 1.5)), ref,
+                              rtol=1e-3)
+    ramp = run(True, lambda n: torch.linspace(-1, 1, n))
+    assert not torch.allclose(ramp, ref, rtol=1e-3)
+
+
+def test_bias_files_without_centered_setting_stay_uncentred(tmp_path):
+    """Centring is stored with the weights; files written before the
+    setting existed load uncentred, as they were trained."""
+    from safetensors.torch import load_file, save_file
+
+    from mne_unfolded_sbl.core.weights import read_metadata
+
+    assert not UnfoldedSBL(3, "bias-cb", True, n_sources=40,
+                           n_sensors=12).config["centered_bias"]
+    net = UnfoldedSBL(3, "bias-cb", True, n_sources=40, n_sensors=12,
+                      centered_bias=True)
+    assert net.config["centered_bias"] is True
+    assert net.layers[0].source_correction.centered
+    fname = save_model(net, tmp_path / "new.safetensors")
+    assert load_weights(fname).layers[0].source_correction.centered
+    config, card = read_metadata(fname)
+    del config["centered_bias"]
+    save_file(load_file(str(fname)), str(tmp_path / "old.safetensors"),
+              metadata={"config": json.dumps(config), "card": json.dumps(card)})
+    old = load_weights(tmp_path / "old.safetensors")
+    assert old.config["centered_bias"] is False
+    assert not old.layers[0].source_correction.centered
+    assert not old.layers[0].noise_correction.centered
+
+
+def test_average_weights(tmp_path):
+    """The weight average is (1 - alpha) a + alpha b parameter by parameter,
+    its ends are the inputs, its card names both inputs by sha256, and
+    networks of different configs are refused."""
+    from mne_unfolded_sbl.core.weights import read_metadata, sha256
+    from mne_unfolded_sbl.training.export import average_weights
+
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = UnfoldedSBL(3, "deep-cb", True)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        nets.append(net)
+    a = save_model(nets[0], tmp_path / "a.safetensors", card={"name": "a"})
+    b = save_model(nets[1], tmp_path / "b.safetensors", card={"name": "b"})
+    for alpha in (0.0, 0.25, 1.0):
+        out = average_weights(a, b, alpha, tmp_path / f"avg{alpha}.safetensors")
+        avg = load_weights(out).state_dict()
+        for k, va in nets[0].state_dict().items():
+            vb = nets[1].state_dict()[k]
+            torch.testing.assert_close(avg[k], (1 - alpha) * va + alpha * vb,
+                                       rtol=1e-6, atol=1e-7)
+    card = read_metadata(out)[1]
+    assert card["name"] == "b"
+    assert card["weight_average"]["sha256_a"] == sha256(a)
+    assert card["weight_average"]["alpha"] == 1.0
+    other = save_model(UnfoldedSBL(3, "deep-cb", False), tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="different networks"):
+        average_weights(a, other, 0.5, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="alpha must be in"):
+        average_weights(a, b, 1.5, tmp_path / "x.safetensors")
