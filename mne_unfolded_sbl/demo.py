@@ -30,8 +30,10 @@ with an SNR drawn for every channel; ``--sensors meg`` the synthetic
 with white noise of one variance per channel type at an SNR drawn for
 every type (:func:`~mne_unfolded_sbl.simulation.simulate_evoked` with
 ``noise="per-type"``); the EEG channels are average-referenced, the MEG
-ones not. The pretrained networks were trained on EEG only: with MEG,
-``--model cb`` is the better choice.
+ones not. The pretrained networks were trained on EEG only and warn on
+MEG channels: on the benchmark's MEG settings they are about as good as
+convex bounding, Deep Attn CB (γ,λ) worse on MEG alone, so ``--model cb``
+is the safe choice there (doc/benchmarks.rst).
 
 Source model: ``--source-model multiscale`` localises with extended
 cortical patches as well as point sources (kept where the evidence favours
@@ -345,8 +347,8 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
     printer(format_metrics_table(res["metrics"]))
     if meg and res["model"] != "cb":
         printer(f"      ({res['model']} is a network trained on EEG; with MEG "
-                "the classical solver, --model cb, localises better: see "
-                "the MEG+EEG benchmark in doc/benchmarks.rst)")
+                "it is not known to help and may hurt, --model cb is the "
+                "safe choice: see the MEG benchmarks in doc/benchmarks.rst)")
     printer(f"      brains rendered with: {res['backend']}")
 
     settings = (f"<p>Seed {seed}; {n_sources} focal sources (Gaussian "

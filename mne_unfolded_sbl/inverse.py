@@ -120,6 +120,12 @@ class UnfoldedSBLOperator:
         return list(self.info["ch_names"])
 
     @property
+    def ch_types(self):
+        """The channel types of the operator (MNE names, sorted)."""
+        return self._cached(("ch_types",), lambda: tuple(
+            sorted(set(self.info.get_channel_types()))))
+
+    @property
     def n_sources(self):
         """Number of source-space vertices."""
         return self.source_model.n_vertices
@@ -582,8 +588,10 @@ def _solve(model, which, basis, op, Cy, nave, learn_noise, device, dtype,
     L_solver, L = lf.L, lf.tensor
     n_orient = 1 if basis is not None else sm.n_orient
     check_tied_geometry(model, op.ch_names, sm.src, L.shape[1] // n_orient)
-    if basis is None:  # the point model: sources are vertices
-        check_training_domain(model, L.shape[0], L.shape[1] // n_orient)
+    # sources are vertices in the point model only (atoms otherwise)
+    check_training_domain(model, L.shape[0],
+                          L.shape[1] // n_orient if basis is None else None,
+                          ch_types=op.ch_types)
     noise_var = None
     if not learn_noise:
         # whitened single-trial noise has unit variance; an average of nave

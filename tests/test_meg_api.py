@@ -83,3 +83,42 @@ def test_eeg_without_reference_is_refused_with_meg(meg_case):
     ev = evoked.copy().del_proj()
     with pytest.raises(ValueError, match="average reference"):
         apply_unfolded_sbl(ev, fwd, cov, model="cb", loose=0.2)
+
+
+@pytest.mark.parametrize("picks", ["meg", "eeg", "all"])
+def test_eeg_trained_networks_warn_on_meg(meg_case, picks):
+    """A network trained on EEG warns on data with MEG channels and names
+    the classical solver; on EEG alone it stays silent. The multi-scale
+    model (atoms, no source count) gets the channel-type check too."""
+    import warnings
+
+    from mne_unfolded_sbl.core.network import UnfoldedSBL
+
+    fwd, evoked, cov, _, _, _ = meg_case
+    ev = evoked.copy().pick({"meg": "meg", "eeg": "eeg", "all": "data"}[picks])
+    if picks == "meg":
+        ev.del_proj()
+    fwd = mne.convert_forward_solution(fwd, force_fixed=True, use_cps=True,
+                                       verbose="error")
+    net = UnfoldedSBL(2, "deep-cb", True)
+    n_src = fwd["sol"]["data"].shape[1]
+    # the bundled networks' record: counts only (types default to EEG)
+    net.training_domain = dict(n_sensors=[24, 128], n_sources=[n_src, n_src])
+    for source_model in ("point", "multiscale"):
+        if picks == "eeg":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                apply_unfolded_sbl(ev, fwd, cov, model=net, verbose=False,
+                                   source_model=source_model)
+            continue
+        with pytest.warns(RuntimeWarning,
+                          match=r"grad/mag channels \(trained on eeg only\)"
+                                r".*model='cb'"):
+            apply_unfolded_sbl(ev, fwd, cov, model=net, verbose=False,
+                               source_model=source_model)
+    # weights that record MEG among their types do not warn for it
+    net.training_domain = dict(n_sensors=[24, 128], n_sources=[n_src, n_src],
+                               ch_types=["eeg", "grad", "mag"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        apply_unfolded_sbl(ev, fwd, cov, model=net, verbose=False)

@@ -29,7 +29,9 @@ probe the source models of :func:`~mne_unfolded_sbl.apply_unfolded_sbl`:
   channel type (magnetometers, gradiometers, EEG) to a common RMS
   (:attr:`Problem.row_scale`) and only the EEG rows are average-referenced
   (:meth:`Problem.null_space`); MNE's solvers get the data back in
-  physical units.
+  physical units;
+- ``meg-ico3``: the same with the MEG array alone (magnetometers and
+  gradiometers, no EEG, no reference).
 
 The *regime* settings of the do-no-harm check
 (:data:`DO_NO_HARM_SETTINGS`, :mod:`~mne_unfolded_sbl.benchmark.do_no_harm`)
@@ -119,6 +121,8 @@ class Setting:
         that differ from its defaults (sources, spread, SNR).
     meg : bool
         Record with the template MEG array and the EEG montage together.
+    eeg : bool
+        With ``meg``: keep the EEG channels (False: MEG alone).
     tilt_deg : float | None
         Simulate dipoles tilted off the cortical normal, within a cone of
         this half-angle (degrees), with the free-orientation forward; the
@@ -138,6 +142,7 @@ class Setting:
     description: str = ""
     config_overrides: dict = field(default_factory=dict)
     meg: bool = False
+    eeg: bool = True
     tilt_deg: float | None = None
 
     def missing_fields(self):
@@ -223,6 +228,13 @@ SETTINGS = {
         description="306-channel template MEG array + the 64-channel Train "
                     "Cap, ico3 (1284 sources), T=100, the Train Cap "
                     "simulation (5-20 focal sources, SNR 5-30 dB)"),
+    "meg-ico3": Setting(
+        "meg-ico3", "MEG, Ico3", "train-64", "ico3", 100,
+        batch_size=50, meg=True, eeg=False,
+        description="306-channel template MEG array alone (102 "
+                    "magnetometers, 204 planar gradiometers), ico3 (1284 "
+                    "sources), T=100, the Train Cap simulation (5-20 focal "
+                    "sources, SNR 5-30 dB)"),
     # -- regimes of the do-no-harm check (global SNR, see REGIME_NOISE) ------
     "single-focal": Setting(
         "single-focal", "Single focal dipole (global SNR), Ico3", "train-64",
@@ -432,6 +444,10 @@ def load_problem(setting, *, bem_ico=None, config=None, verbose="error"):
     if setting.meg:
         fwd, fwd_sim = (_template_forward(setting, cond, meg=True,
                                           verbose=verbose) for cond in conds)
+        if not setting.eeg:
+            with mne.utils.use_log_level("error"):
+                fwd, fwd_sim = (mne.pick_types_forward(f, meg=True, eeg=False)
+                                for f in (fwd, fwd_sim))
         return problem_from_meg_eeg_forward(fwd, fwd_sim, setting=setting,
                                             config=config)
     fwd, fwd_sim = (make_template_forward(setting.montage, setting.spacing, cond,

@@ -336,22 +336,30 @@ def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
 DOMAIN_SLACK = (0.75, 1.5)
 
 
-def check_training_domain(net, n_sensors, n_sources):
+def check_training_domain(net, n_sensors, n_sources, ch_types=None):
     """Warn when a learned network meets a geometry far outside its training.
 
     A learned correction is only known to be safe on data like those it
     was trained on. The weights' model card records the numbers of sensors
-    and sources of its training lead fields (``domain``); a problem with
-    fewer than 0.75 times the smallest or more than 1.5 times the largest
-    count triggers a warning that names the classical solver as the safe
-    choice there.
+    and sources of its training lead fields and their channel types
+    (``domain``); a problem with fewer than 0.75 times the smallest or more
+    than 1.5 times the largest count, or with channel types the network
+    never saw (MEG for the EEG-trained networks), triggers a warning that
+    names the classical solver as the safe choice there.
 
     Parameters
     ----------
     net : UnfoldedSBL
-    n_sensors, n_sources : int
-        Of the problem about to be solved (sources: variances, i.e. after
-        grouping orientations).
+    n_sensors : int
+        Sensors of the problem about to be solved.
+    n_sources : int | None
+        Its sources (variances, i.e. after grouping orientations); None
+        skips the count (e.g. atoms of the multi-scale model).
+    ch_types : iterable of str | None
+        Its channel types as MNE names them (``"eeg"``, ``"mag"``,
+        ``"grad"``); None skips the check. Weights whose domain records
+        no types count as trained on ``"eeg"``: every recipe of this
+        package simulated EEG before the types were recorded.
 
     Returns
     -------
@@ -366,12 +374,18 @@ def check_training_domain(net, n_sensors, n_sources):
     out = []
     for what, n in (("sensors", n_sensors), ("sources", n_sources)):
         a, b = domain.get(f"n_{what}", (None, None))
-        if a is not None and not lo * a <= int(n) <= hi * b:
+        if n is not None and a is not None and not lo * a <= int(n) <= hi * b:
             out.append(f"{int(n)} {what} (trained on {a}-{b})")
+    trained = domain.get("ch_types", ["eeg"])
+    if ch_types is not None and trained is not None:
+        new = sorted(set(ch_types) - set(trained))
+        if new:
+            out.append(f"{'/'.join(new)} channels (trained on "
+                       f"{'/'.join(sorted(trained))} only)")
     if not out:
         return None
     msg = (f"The {MODEL_LABELS.get(net.model, net.model)} weights were trained "
-           f"on other geometries than this problem: {', '.join(out)}. A learned "
+           f"on other data than this problem: {', '.join(out)}. A learned "
            "correction is not known to help there and may hurt; the classical "
            "solver (model='cb') is safe on any geometry.")
     warn(msg)

@@ -90,8 +90,11 @@ def _distribution(cfg, domain):
     if domain:
         lines.append(f"- geometry: {domain['n_sensors'][0]}-{domain['n_sensors'][1]} "
                      f"sensors, {domain['n_sources'][0]}-{domain['n_sources'][1]} "
-                     "sources; far outside this range the model warns "
-                     "(`check_training_domain`)")
+                     "sources"
+                     + (f", {'/'.join(domain['ch_types'])} channels"
+                        if domain.get("ch_types") else "")
+                     + "; far outside this range (or on other channel types) "
+                     "the model warns (`check_training_domain`)")
     return lines
 
 

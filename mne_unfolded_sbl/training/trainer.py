@@ -721,21 +721,28 @@ class Trainer:
         )
 
     def training_domain(self):
-        """Sensor and source counts of the training lead fields (a dict).
+        """Sensor and source counts and channel types of the training lead
+        fields (a dict; ``ch_types`` None when a given lead field does not say).
 
         Stored in the weights' card, read by
         :func:`~mne_unfolded_sbl.core.weights.check_training_domain`.
         """
         if self.bank is None and getattr(self, "_domain", None):
             return self._domain  # restored from the checkpoint
+        # the template montages of the bank and of the streamed data are
+        # EEG; lead fields given as files, arrays or shard specs do not say
         if self.bank is not None:
             Ms = [s.L_n.shape[0] for s in self.bank.shards]
             Ns = [s.L_n.shape[1] for s in self.bank.shards]
             shards = [s.name for s in self.bank.shards]
+            templates = self._bank_specs is None
         else:
             Ms, Ns, shards = [self.n_sensors], [self.n_sources], []
+            templates = (self.leadfield_desc != "given as arrays"
+                         and not self.config.train_leadfield)
+        ch_types = ["eeg"] if templates else None
         return dict(n_sensors=[min(Ms), max(Ms)], n_sources=[min(Ns), max(Ns)],
-                    shards=shards)
+                    shards=shards, ch_types=ch_types)
 
     def export(self, fname=None):
         """Write the weights (:func:`~mne_unfolded_sbl.core.weights.save_model`)

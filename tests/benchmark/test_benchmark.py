@@ -55,6 +55,7 @@ def test_unknown_names_raise():
     assert set(SETTINGS) == {"train-cap-ico3", "things-cap-ico3",
                              "things-cap-ico4", "extended-patches",
                              "single-dipole", "loose-forward", "meg-eeg-ico3",
+                             "meg-ico3",
                              "single-focal", "multi-dipole", "low-snr",
                              "miscaled-cov", "cap-32", "cap-128", "ico4"}
     assert get_setting("things-cap-ico4").spacing == "ico4"

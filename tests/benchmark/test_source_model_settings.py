@@ -77,6 +77,37 @@ def test_meg_setting_waits_for_the_meg_template(monkeypatch):
         bench_settings.load_problem("meg-eeg-ico3", bem_ico=3)
 
 
+def test_meg_only_setting(meg_eeg_forward, monkeypatch):
+    """meg-ico3: the MEG+EEG template forward with the EEG rows dropped, so
+    no reference and per-type scaling of the MEG rows only; cb localises."""
+    fwd, _ = meg_eeg_forward
+    setting = get_setting("meg-ico3")
+    assert setting.meg and not setting.eeg
+    assert setting.simulation_config() == get_setting(
+        "meg-eeg-ico3").simulation_config()
+    calls = []
+
+    def template_forward(setting, conductivity, meg=False, verbose="error"):
+        calls.append(meg)
+        return fwd.copy()
+
+    monkeypatch.setattr(bench_settings, "_template_forward", template_forward)
+    p = bench_settings.load_problem("meg-ico3", bem_ico=3)
+    assert calls == [True, True]
+    types = np.array(p.info.get_channel_types())
+    assert set(types) == {"mag", "grad"} and len(types) == 72
+    assert not p.eeg_rows.any() and not p.info["projs"]
+    for kind in ("mag", "grad"):
+        assert np.sqrt(np.mean(p.L[types == kind] ** 2)) == pytest.approx(1.0)
+    p = p.with_config(p.config.replace(n_sources=1, spread=0.0, snr_db=30.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_benchmark(p, "cb-joint-25", n_samples=3, seed=1,
+                            progress=False)
+    assert np.mean([r["le"] for r in res.records]) < 0.005
+    assert not any(r["failed"] for r in res.records)
+
+
 def test_tilted_orientations_in_cone():
     rng = np.random.default_rng(0)
     ori = tilted_orientations(5000, 30.0, rng)

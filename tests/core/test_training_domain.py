@@ -43,3 +43,32 @@ def test_domain_travels_with_the_weights_file(tmp_path):
     assert load_weights(fname).training_domain == dom
     fname2 = save_model(net, tmp_path / "w2.safetensors")
     assert load_weights(fname2).training_domain is None
+
+
+def test_channel_types_outside_the_training_warn():
+    """Channel types the network never saw warn; weights without a record
+    of their types count as EEG-trained; None skips a check."""
+    net = _net(dict(n_sensors=[32, 128], n_sources=[1284, 5124]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_training_domain(net, 64, 1284, ch_types=["eeg"]) is None
+        assert check_training_domain(net, 64, None, ch_types=None) is None
+        # the source count is skipped with None, not compared
+        assert check_training_domain(net, 64, None) is None
+    with pytest.warns(RuntimeWarning, match="model='cb'"):
+        msg = check_training_domain(net, 102, None, ch_types=["mag", "eeg"])
+    assert "mag channels (trained on eeg only)" in msg
+    assert "sensors" not in msg.split(":", 1)[1]
+    with pytest.warns(RuntimeWarning) as rec:
+        msg = check_training_domain(net, 306, 1284, ch_types=["grad", "mag"])
+    assert len(rec) == 1  # one warning naming both problems
+    assert "306 sensors (trained on 32-128)" in msg
+    assert "grad/mag channels (trained on eeg only)" in msg
+    # a domain that records MEG, or does not know its types
+    for types in (["eeg", "grad", "mag"], None):
+        net.training_domain = dict(n_sensors=[32, 400], n_sources=[1284, 5124],
+                                   ch_types=types)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_training_domain(net, 306, 1284,
+                                         ch_types=["grad", "mag"]) is None

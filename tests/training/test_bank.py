@@ -168,6 +168,10 @@ def test_bank_training_runs_resumes_and_logs_reference(tmp_path, monkeypatch):
     assert first["val_loss"] == pytest.approx(first["val_ref"], rel=1e-6)
     assert set(first["val_shards"]) == {"toy", "b"}
     assert vals[-1]["val_loss_final"] is not None
+    # shards given as arrays: counts recorded, channel types unknown
+    dom = tr.training_domain()
+    assert dom["n_sensors"] == [16, specs[0].L_inv.shape[0]]
+    assert dom["ch_types"] is None
     # resume: stop after the first phase, continue, same final weights
     cfg2 = _bank_config(tmp_path, out_dir=str(tmp_path / "run2"))
     t2 = Trainer(cfg2, leadfields=lfs, bank_specs=specs)

@@ -188,6 +188,8 @@ def test_export_and_cli(leadfield_files, tmp_path):
     fname = out / "bias-cb_joint.safetensors"
     config, card = read_metadata(fname)
     assert card["complete"] and card["samples_seen"] == 8 * (2 * 3 + 2)
+    # lead fields read from files: their channel types are not known
+    assert card["domain"]["ch_types"] is None
     text = fname.with_suffix(".md").read_text()
     assert "## Benchmark" in text and "Not measured yet" in text
 
