@@ -112,7 +112,7 @@ def test_eeg_trained_networks_warn_on_meg(meg_case, picks):
                                    source_model=source_model)
             continue
         with pytest.warns(RuntimeWarning,
-                          match=r"grad/mag channels \(trained on eeg only\)"
+                          match=r"gradiometer/magnetometer channels \(trained on EEG only\)"
                                 r".*model='cb'"):
             apply_unfolded_sbl(ev, fwd, cov, model=net, verbose=False,
                                source_model=source_model)

@@ -331,6 +331,14 @@ def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
                  else net.model), None
 
 
+#: Channel types (MNE's names) as the training-domain warning spells them.
+_CH_TYPE_NAMES = {"eeg": "EEG", "mag": "magnetometer", "grad": "gradiometer"}
+
+
+def _type_names(types):
+    return "/".join(_CH_TYPE_NAMES.get(k, k) for k in types)
+
+
 #: How far outside its training range a problem may be before a learned
 #: model warns: sensors and sources within these factors of the range.
 DOMAIN_SLACK = (0.75, 1.5)
@@ -380,8 +388,8 @@ def check_training_domain(net, n_sensors, n_sources, ch_types=None):
     if ch_types is not None and trained is not None:
         new = sorted(set(ch_types) - set(trained))
         if new:
-            out.append(f"{'/'.join(new)} channels (trained on "
-                       f"{'/'.join(sorted(trained))} only)")
+            out.append(f"{_type_names(new)} channels (trained on "
+                       f"{_type_names(sorted(trained))} only)")
     if not out:
         return None
     msg = (f"The {MODEL_LABELS.get(net.model, net.model)} weights were trained "

@@ -57,13 +57,13 @@ def test_channel_types_outside_the_training_warn():
         assert check_training_domain(net, 64, None) is None
     with pytest.warns(RuntimeWarning, match="model='cb'"):
         msg = check_training_domain(net, 102, None, ch_types=["mag", "eeg"])
-    assert "mag channels (trained on eeg only)" in msg
+    assert "magnetometer channels (trained on EEG only)" in msg
     assert "sensors" not in msg.split(":", 1)[1]
     with pytest.warns(RuntimeWarning) as rec:
         msg = check_training_domain(net, 306, 1284, ch_types=["grad", "mag"])
     assert len(rec) == 1  # one warning naming both problems
     assert "306 sensors (trained on 32-128)" in msg
-    assert "grad/mag channels (trained on eeg only)" in msg
+    assert "gradiometer/magnetometer channels (trained on EEG only)" in msg
     # a domain that records MEG, or does not know its types
     for types in (["eeg", "grad", "mag"], None):
         net.training_domain = dict(n_sensors=[32, 400], n_sources=[1284, 5124],
