@@ -217,13 +217,14 @@ def average_weights(fname_a, fname_b, alpha, fname_out):
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    config_a, _ = read_metadata(fname_a)
-    config_b, card = read_metadata(fname_b)
-    if config_a != config_b:
-        raise ValueError(
-            f"{fname_a} and {fname_b} hold different networks ({config_a} vs "
-            f"{config_b}); only weights of one architecture can be averaged.")
+    _, card = read_metadata(fname_b)
     net_a, net_b = load_weights(fname_a), load_weights(fname_b)
+    # the networks' configs, with the defaults of settings older files lack
+    if net_a.config != net_b.config:
+        raise ValueError(
+            f"{fname_a} and {fname_b} hold different networks ({net_a.config} "
+            f"vs {net_b.config}); only weights of one architecture can be "
+            "averaged.")
     state_b = net_b.state_dict()
     with torch.no_grad():
         avg = {k: torch.lerp(v, state_b[k].to(v.dtype), alpha)

@@ -254,3 +254,19 @@ def test_average_weights(tmp_path):
         average_weights(a, other, 0.5, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="alpha must be in"):
         average_weights(a, b, 1.5, tmp_path / "x.safetensors")
+    # a file written before a config setting existed averages with a new one
+    # (the bundled joint Deep Attn CB predates ``centered_bias``)
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(a), "pt") as f:
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    del cfg["centered_bias"]
+    meta["config"] = json.dumps(cfg)
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(a)), str(old), metadata=meta)
+    out = average_weights(old, b, 0.5, tmp_path / "mixed.safetensors")
+    assert load_weights(out).config == nets[1].config
