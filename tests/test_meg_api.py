@@ -113,9 +113,11 @@ def test_eeg_trained_networks_warn_on_meg(meg_case, picks):
             continue
         with pytest.warns(RuntimeWarning,
                           match=r"gradiometer/magnetometer channels \(trained on EEG only\)"
-                                r".*model='cb'"):
+                                r".*model='cb'") as rec:
             apply_unfolded_sbl(ev, fwd, cov, model=net, verbose=False,
                                source_model=source_model)
+        # attributed to the user's line, not to the package's internals
+        assert {r.filename for r in rec} == {__file__}
     # weights that record MEG among their types do not warn for it
     net.training_domain = dict(n_sensors=[24, 128], n_sources=[n_src, n_src],
                                ch_types=["eeg", "grad", "mag"])

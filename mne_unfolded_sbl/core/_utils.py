@@ -86,10 +86,32 @@ def verbose(function):
     return wrapper
 
 
+#: Packages whose frames a warning skips to reach the user's code.
+_INTERNAL_NAMESPACES = ("mne_unfolded_sbl", "mne", "torch")
+
+
+def _internal(frame):
+    """Whether ``frame`` runs code of :data:`_INTERNAL_NAMESPACES` (or a
+    wrapper that MNE's ``verbose`` decorator generated around it)."""
+    if frame.f_code.co_filename.startswith("<decorator-gen"):
+        return True
+    module = str(frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in _INTERNAL_NAMESPACES
+
+
 def warn(message, category=RuntimeWarning):
-    """Log and issue a warning (as ``mne.utils.warn``)."""
+    """Log and issue a warning attributed to the user's code.
+
+    As ``mne.utils.warn``: the warning names the first frame of the call
+    stack outside this package (and MNE and PyTorch, which call into it),
+    so a user sees the line of their script that triggered it.
+    """
     logger.debug(message)
-    warnings.warn(message, category, stacklevel=3)
+    frame, level = inspect.currentframe().f_back, 2
+    while frame is not None and frame.f_back is not None and _internal(frame):
+        frame, level = frame.f_back, level + 1
+    del frame
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _validate_type(item, types, item_name="item", type_name=None):

@@ -23,6 +23,7 @@ def test_warns_outside_and_names_the_safe_model():
     assert "8 sensors (trained on 32-128)" in msg
     assert "10 sources (trained on 1284-5124)" in msg
     assert len(rec) == 1
+    assert rec[0].filename == __file__  # the caller's line, not the package's
     with pytest.warns(RuntimeWarning, match="sources"):
         check_training_domain(net, 64, 40962)
 
