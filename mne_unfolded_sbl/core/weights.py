@@ -25,7 +25,8 @@ from safetensors import safe_open
 from ._utils import _validate_type, check_positive_int, logger, warn
 from .network import MODEL_LABELS, MODELS, UnfoldedSBL
 
-__all__ = ["check_finite_parameters", "check_training_domain", "fetch_weights", "load_model",
+__all__ = ["channel_type_names", "check_finite_parameters", "check_training_domain",
+           "fetch_weights", "load_model",
            "load_weights", "read_metadata", "register_weights", "registry",
            "registry_key", "resolve_model", "save_model", "sha256",
            "tied_geometry"]
@@ -331,11 +332,26 @@ def resolve_model(model="deep-cb", learn_noise=True, n_layers=None):
                  else net.model), None
 
 
-#: Channel types (MNE's names) as the training-domain warning spells them.
+#: Channel types (MNE's names) as users read them.
 _CH_TYPE_NAMES = {"eeg": "EEG", "mag": "magnetometer", "grad": "gradiometer"}
 
 
-def _type_names(types):
+def channel_type_names(types):
+    """Channel types as users read them, joined by ``"/"``.
+
+    The warning of :func:`check_training_domain` and the model cards spell
+    the training channel types so.
+
+    Parameters
+    ----------
+    types : iterable of str
+        MNE's names (``"eeg"``, ``"mag"``, ``"grad"``; others are kept).
+
+    Returns
+    -------
+    names : str
+        E.g. ``"gradiometer/magnetometer"`` for ``["grad", "mag"]``.
+    """
     return "/".join(_CH_TYPE_NAMES.get(k, k) for k in types)
 
 
@@ -388,8 +404,8 @@ def check_training_domain(net, n_sensors, n_sources, ch_types=None):
     if ch_types is not None and trained is not None:
         new = sorted(set(ch_types) - set(trained))
         if new:
-            out.append(f"{_type_names(new)} channels (trained on "
-                       f"{_type_names(sorted(trained))} only)")
+            out.append(f"{channel_type_names(new)} channels (trained on "
+                       f"{channel_type_names(sorted(trained))} only)")
     if not out:
         return None
     msg = (f"The {MODEL_LABELS.get(net.model, net.model)} weights were trained "

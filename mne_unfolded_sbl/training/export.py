@@ -63,6 +63,8 @@ def model_card(card):
 
 def _distribution(cfg, domain):
     """The "Training distribution" lines of a card."""
+    from ..core.weights import channel_type_names
+
     sim = cfg.get("simulation", {})
     lines = ["", "## Training distribution", ""]
     if cfg.get("data_mode") == "bank":
@@ -91,7 +93,7 @@ def _distribution(cfg, domain):
         lines.append(f"- geometry: {domain['n_sensors'][0]}-{domain['n_sensors'][1]} "
                      f"sensors, {domain['n_sources'][0]}-{domain['n_sources'][1]} "
                      "sources"
-                     + (f", {'/'.join(domain['ch_types'])} channels"
+                     + (f", {channel_type_names(domain['ch_types'])} channels"
                         if domain.get("ch_types") else "")
                      + "; far outside this range (or on other channel types) "
                      "the model warns (`check_training_domain`)")

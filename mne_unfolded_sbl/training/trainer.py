@@ -153,6 +153,9 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         train_lf, val_lf = leadfields if leadfields is not None else \
             load_leadfields(config)
+        # whether the lead fields are the template montages' (EEG)
+        self._template_leadfields = (leadfields is None
+                                     and not config.train_leadfield)
         if leadfields is not None:
             self.leadfield_desc = "given as arrays"
         else:
@@ -738,8 +741,7 @@ class Trainer:
             templates = self._bank_specs is None
         else:
             Ms, Ns, shards = [self.n_sensors], [self.n_sources], []
-            templates = (self.leadfield_desc != "given as arrays"
-                         and not self.config.train_leadfield)
+            templates = self._template_leadfields
         ch_types = ["eeg"] if templates else None
         return dict(n_sensors=[min(Ms), max(Ms)], n_sources=[min(Ns), max(Ns)],
                     shards=shards, ch_types=ch_types)

@@ -160,6 +160,20 @@ def test_feature_sets_are_versioned_with_the_weights(tmp_path):
         UnfoldedSBL(3, "deep-cb", True, features="raw")
 
 
+def _without_config_setting(fname, key, out):
+    """A copy of the weights file ``fname`` whose stored config lacks
+    ``key``, as files written before that setting existed."""
+    from safetensors.torch import load_file, save_file
+
+    from mne_unfolded_sbl.core.weights import read_metadata
+
+    config, card = read_metadata(fname)
+    del config[key]
+    save_file(load_file(str(fname)), str(out),
+              metadata={"config": json.dumps(config), "card": json.dumps(card)})
+    return out
+
+
 def _bias_problem(seed=0, n_sensors=12, n_sources=40, n_times=30):
     rng = np.random.default_rng(seed)
     L = torch.tensor(rng.standard_normal((n_sensors, n_sources)))
@@ -199,10 +213,6 @@ def test_centered_bias_cannot_shift_all_variances(learn_noise):
 def test_bias_files_without_centered_setting_stay_uncentred(tmp_path):
     """Centring is stored with the weights; files written before the
     setting existed load uncentred, as they were trained."""
-    from safetensors.torch import load_file, save_file
-
-    from mne_unfolded_sbl.core.weights import read_metadata
-
     assert not UnfoldedSBL(3, "bias-cb", True, n_sources=40,
                            n_sensors=12).config["centered_bias"]
     net = UnfoldedSBL(3, "bias-cb", True, n_sources=40, n_sensors=12,
@@ -211,11 +221,8 @@ def test_bias_files_without_centered_setting_stay_uncentred(tmp_path):
     assert net.layers[0].source_correction.centered
     fname = save_model(net, tmp_path / "new.safetensors")
     assert load_weights(fname).layers[0].source_correction.centered
-    config, card = read_metadata(fname)
-    del config["centered_bias"]
-    save_file(load_file(str(fname)), str(tmp_path / "old.safetensors"),
-              metadata={"config": json.dumps(config), "card": json.dumps(card)})
-    old = load_weights(tmp_path / "old.safetensors")
+    old = load_weights(_without_config_setting(
+        fname, "centered_bias", tmp_path / "old.safetensors"))
     assert old.config["centered_bias"] is False
     assert not old.layers[0].source_correction.centered
     assert not old.layers[0].noise_correction.centered
@@ -256,17 +263,6 @@ def test_average_weights(tmp_path):
         average_weights(a, b, 1.5, tmp_path / "x.safetensors")
     # a file written before a config setting existed averages with a new one
     # (the bundled joint Deep Attn CB predates ``centered_bias``)
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(a), "pt") as f:
-        meta = dict(f.metadata())
-    cfg = json.loads(meta["config"])
-    del cfg["centered_bias"]
-    meta["config"] = json.dumps(cfg)
-    old = tmp_path / "old.safetensors"
-    save_file(load_file(str(a)), str(old), metadata=meta)
+    old = _without_config_setting(a, "centered_bias", tmp_path / "old.safetensors")
     out = average_weights(old, b, 0.5, tmp_path / "mixed.safetensors")
     assert load_weights(out).config == nets[1].config
