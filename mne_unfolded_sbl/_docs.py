@@ -26,8 +26,10 @@ docdict["noise_cov"] = """noise_cov : instance of mne.Covariance | None
     with ``learn_noise=False`` it is the known noise (scaled by
     ``1 / nave`` for an evoked response). None only with an operator."""
 docdict["model"] = """model : str | instance of UnfoldedSBL | path-like
-    ``"cb"`` (classical convex bounding), ``"bias-cb"``,
-    ``"deep-cb"`` or ``"deep-attn-cb"`` (bundled pretrained weights),
+    ``"cb"`` (classical convex bounding), ``"deep-cb"`` or
+    ``"deep-attn-cb"`` (bundled pretrained weights), ``"bias-cb"``
+    (bundled for ``learn_noise=True`` on the 64-channel training cap on
+    fsaverage ico3 only; refused on any other geometry),
     a network (used as given, never modified), or the path of a
     ``.safetensors`` weights file written by the training CLI."""
 docdict["learn_noise"] = """learn_noise : bool

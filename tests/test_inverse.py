@@ -1,5 +1,7 @@
 """The MNE-facing API against MNE's own solvers and analytic expectations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -387,3 +389,43 @@ def test_error_models_and_devices(easy, tmp_path):
         apply_unfolded_sbl(evoked, fwd, cov, model=bad)
     with pytest.raises(TypeError, match="evoked"):
         apply_unfolded_sbl(evoked.data, fwd, cov, model="cb")
+
+
+def test_bundled_bias_cb_on_its_geometry_only(easy):
+    """The bundled Bias CB (γ,λ) is the trained ``bias-cb_joint2`` shrunk by
+    0.75 (its model card), runs on the training cap on ico3 and finds the
+    sources there as convex bounding does; one bad channel is another
+    geometry and is refused with the fix; no source-only Bias CB ships."""
+    from safetensors.torch import load_file
+
+    from mne_unfolded_sbl.core.weights import fetch_weights, read_metadata
+
+    fname = fetch_weights("bias-cb_joint")
+    trained = load_file(str(Path(__file__).parents[1] / "training_state"
+                            / "bias-cb_joint2" / "bias-cb_joint.safetensors"))
+    bundled = load_file(str(fname))
+    assert set(bundled) == set(trained) and len(bundled) == 48
+    for k, v in trained.items():
+        torch.testing.assert_close(bundled[k], 0.75 * v, rtol=1e-6, atol=0)
+    assert read_metadata(fname)[1]["shrinkage"]["alpha"] == 0.75
+
+    fwd, evoked, stc_true, cov = easy
+    stc = apply_unfolded_sbl(evoked, fwd, cov, model="bias-cb", verbose=False)
+    cb = apply_unfolded_sbl(evoked, fwd, cov, model="cb", verbose=False)
+    # the offsets act, a little at 25 dB (8e-4 of the peak; float32 round-off
+    # is below 1e-6)
+    assert np.abs(stc.data - cb.data).max() > 1e-4 * np.abs(cb.data).max()
+    p_true, p_est = _power(stc_true.data), _power(stc.data)
+    pos = _pos(fwd)
+    for c in np.argsort(p_true)[-2:]:
+        d = np.linalg.norm(pos[np.argsort(p_est)[-4:]] - pos[c], axis=1)
+        assert d.min() < 0.015
+    bad = evoked.copy()
+    bad.info["bads"] = [bad.ch_names[5]]
+    with pytest.raises(ValueError, match=r"'train-64' cap \(64 channels\) on "
+                                         r"the fsaverage ico3.*model='deep-cb'"):
+        apply_unfolded_sbl(bad, fwd, cov, model="bias-cb", verbose=False)
+    with pytest.raises(ValueError, match=r"'bias-cb_source'.*registered with "
+                                         r"learn_noise=True \(bias-cb_joint\)"):
+        apply_unfolded_sbl(evoked, fwd, cov, model="bias-cb", learn_noise=False,
+                           verbose=False)

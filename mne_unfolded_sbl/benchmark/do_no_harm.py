@@ -268,7 +268,7 @@ def aggregate(records, models, rows, *, targets=TARGETS, level=CI_LEVEL):
         if a_key not in models or d_key not in models:
             missing = [k for k in (a_key, d_key) if k not in models]
             attn[mode] = dict(status=f"n/a ({', '.join(missing)} not "
-                                     "registered)")
+                                     "in this run)")
             continue
         both = [s for s in {r["setting"] for r in rows}
                 if all(r["status"] == "ok" for r in rows

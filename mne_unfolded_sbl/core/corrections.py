@@ -149,6 +149,13 @@ def _mlp(d_in, hidden, n_hidden):
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def _scale_affine_(layer, alpha):
+    """Multiply an affine layer's weight and bias by ``alpha`` in place."""
+    layer.weight.mul_(alpha)
+    layer.bias.mul_(alpha)
+
+
 class BiasCorrection(nn.Module):
     """Bias CB: one learned offset per source (or sensor) and layer.
 
@@ -183,6 +190,12 @@ class BiasCorrection(nn.Module):
         return _bound_correction(bias.to(num_log.dtype).expand_as(num_log),
                                  num_log, den_log, self.features)
 
+    @torch.no_grad()
+    def scale_output_(self, alpha):
+        """Scale the correction before its bound by ``alpha`` in place (the
+        offsets; 0: no correction)."""
+        self.bias.mul_(alpha)
+
 
 class MLPCorrection(nn.Module):
     """Deep CB: a pointwise MLP shared over all sources (or sensors)."""
@@ -210,6 +223,11 @@ class MLPCorrection(nn.Module):
         raw = _mlp_inference(self.net, z.to(weight.dtype)).squeeze(-1)
         return _bound_correction(raw.to(num_log.dtype), num_log, den_log,
                                  self.features, proposal)
+
+    def scale_output_(self, alpha):
+        """Scale the correction before its bound by ``alpha`` in place (the
+        MLP's last affine layer; 0: no correction)."""
+        _scale_affine_(self.net[-1], alpha)
 
 
 class AttentionCorrection(nn.Module):
@@ -281,3 +299,10 @@ class AttentionCorrection(nn.Module):
         point = self.pointwise(z.to(wdt)).squeeze(-1).to(num_log.dtype)
         full = point.scatter_add(1, idx, out)
         return _bound_correction(full, num_log, den_log, self.features)
+
+    def scale_output_(self, alpha):
+        """Scale the correction before its bound by ``alpha`` in place (the
+        last affine layers of the pointwise MLP and of the attention
+        decoder, whose outputs add up; 0: no correction)."""
+        _scale_affine_(self.pointwise[-1], alpha)
+        _scale_affine_(self.decode[-1], alpha)

@@ -62,10 +62,16 @@ def fetch_weights(key):
     """
     reg = registry()
     if key not in reg:
+        family, _, mode = key.rpartition("_")
+        other = {"joint": ("source", False), "source": ("joint", True)}.get(mode)
+        hint = ""
+        if other is not None and f"{family}_{other[0]}" in reg:
+            hint = (f" The same family is registered with learn_noise="
+                    f"{other[1]} ({family}_{other[0]!s}).")
         raise ValueError(
             f"No pretrained weights named {key!r} are registered in this "
-            f"version (available: {sorted(reg) or 'none'}). Use model='cb' "
-            "(the classical solver), or train weights with "
+            f"version (available: {sorted(reg) or 'none'}).{hint} Use "
+            "model='cb' (the classical solver), or train weights with "
             "`mne-unfolded-sbl train` and pass model='<path/to/weights>.safetensors'."
         )
     entry = reg[key]

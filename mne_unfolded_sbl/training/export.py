@@ -237,3 +237,44 @@ def average_weights(fname_a, fname_b, alpha, fname_out):
         "a": str(fname_a), "b": str(fname_b), "alpha": alpha,
         "sha256_a": sha256(fname_a), "sha256_b": sha256(fname_b)})
     return save_model(net_a, fname_out, card)
+
+
+def shrink_weights(fname, alpha, fname_out):
+    """Write a network whose corrections are ``alpha`` times those of another.
+
+    Every correction module's last affine layer (the one that starts at
+    zero, :mod:`mne_unfolded_sbl.core.corrections`) is multiplied by
+    ``alpha``, so each layer's raw correction, for the same input
+    statistics, is ``alpha`` times the trained one: ``alpha = 0`` gives the
+    classical convex-bounding solver, ``1`` the trained network, values in
+    between pull the network towards the classical solver (shrinkage).
+    For Bias CB the whole correction is that layer, so the offsets are
+    exactly ``alpha`` times the trained ones.
+
+    Parameters
+    ----------
+    fname : path-like
+        The trained weights file.
+    alpha : float
+        Scale of the corrections, in [0, 1].
+    fname_out : path-like
+        Output weights file. Its training record is ``fname``'s, with
+        ``"shrinkage"`` naming the input, its sha256 and ``alpha``.
+
+    Returns
+    -------
+    fname_out : Path
+    """
+    from ..core.weights import load_weights, read_metadata, save_model, sha256
+
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    _, card = read_metadata(fname)
+    net = load_weights(fname)
+    for module in net.modules():
+        if hasattr(module, "scale_output_"):
+            module.scale_output_(alpha)
+    card = dict(card, shrinkage={"input": str(fname), "alpha": alpha,
+                                 "sha256": sha256(fname)})
+    return save_model(net, fname_out, card)

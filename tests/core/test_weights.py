@@ -266,3 +266,81 @@ def test_average_weights(tmp_path):
     old = _without_config_setting(a, "centered_bias", tmp_path / "old.safetensors")
     out = average_weights(old, b, 0.5, tmp_path / "mixed.safetensors")
     assert load_weights(out).config == nets[1].config
+
+
+def _perturbed_network(model, learn_noise, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    net = UnfoldedSBL(4, model, learn_noise, **kwargs).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("model", ["bias-cb", "deep-cb", "deep-attn-cb"])
+def test_scale_output_scales_raw_corrections(model, monkeypatch):
+    """Before its bound, every correction module's output is exactly
+    ``alpha`` times the unscaled one (Bias CB offsets, the last affine
+    layer of the MLPs, the attention decoder plus its pointwise branch)."""
+    from mne_unfolded_sbl.core import corrections
+
+    monkeypatch.setattr(corrections, "_bound_correction",
+                        lambda delta, *args, **kwargs: delta)
+    kwargs = dict(n_sources=40, n_sensors=12) if model == "bias-cb" else {}
+    net = _perturbed_network(model, True, **kwargs)
+    rng = np.random.default_rng(1)
+    modules = [m for m in net.modules() if hasattr(m, "scale_output_")]
+    # source and noise corrections of every layer but the classical last one
+    assert len(modules) == 2 * (net.n_layers - 1)
+    for module in modules:
+        n = module.bias.shape[0] if model == "bias-cb" else 40
+        num, den, state = (torch.tensor(rng.standard_normal((2, n)))
+                           for _ in range(3))
+        num[:, :5] += 4.0  # a few active sources for the attention branch
+        before = module(num, den, state).clone()  # Bias CB: a view
+        assert before.abs().max() > 1e-3  # the perturbation reaches the output
+        module.scale_output_(0.3)
+        torch.testing.assert_close(module(num, den, state), 0.3 * before,
+                                   rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("model", ["bias-cb", "deep-cb", "deep-attn-cb"])
+@pytest.mark.parametrize("learn_noise", [True, False])
+def test_shrink_weights(model, learn_noise, tmp_path):
+    """Shrinkage by 0 gives the classical solver exactly, by 1 the trained
+    network's parameters, in between an estimate between the two; the card
+    names the input by sha256; alpha outside [0, 1] is refused."""
+    from mne_unfolded_sbl.core.weights import read_metadata, sha256
+    from mne_unfolded_sbl.training.export import shrink_weights
+
+    L, Cy = _bias_problem()
+    M, N = L.shape
+    kwargs = dict(n_sources=N, n_sensors=M) if model == "bias-cb" else {}
+    net = _perturbed_network(model, learn_noise, **kwargs)
+    fname = save_model(net, tmp_path / "trained.safetensors", card={"name": "x"})
+    net = load_weights(fname).double()  # as stored (float32 parameters)
+    noise = None if learn_noise else torch.full((M,), 0.09, dtype=L.dtype)
+
+    def gamma(path):
+        with torch.no_grad():
+            return load_weights(path).double()(L, Cy, noise).gamma_n
+
+    with torch.no_grad():
+        ref = UnfoldedSBL(4, "cb", learn_noise).double()(L, Cy, noise).gamma_n
+        trained = net(L, Cy, noise).gamma_n
+    assert not torch.allclose(trained, ref, rtol=1e-3)
+    zero = shrink_weights(fname, 0.0, tmp_path / "a0.safetensors")
+    torch.testing.assert_close(gamma(zero), ref, rtol=1e-10, atol=1e-14)
+    one = shrink_weights(fname, 1.0, tmp_path / "a1.safetensors")
+    for k, v in load_weights(one).state_dict().items():
+        torch.testing.assert_close(v.double(), net.state_dict()[k], rtol=0,
+                                   atol=0)  # bit for bit
+    half = gamma(shrink_weights(fname, 0.5, tmp_path / "a.5.safetensors"))
+    assert not torch.allclose(half, ref, rtol=1e-3)
+    assert not torch.allclose(half, trained, rtol=1e-3)
+    card = read_metadata(tmp_path / "a.5.safetensors")[1]
+    assert card["name"] == "x"
+    assert card["shrinkage"]["alpha"] == 0.5
+    assert card["shrinkage"]["sha256"] == sha256(fname)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        shrink_weights(fname, -0.1, tmp_path / "x.safetensors")
