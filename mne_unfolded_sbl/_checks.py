@@ -128,6 +128,7 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
     elif geom["n_sensors"] is not None and len(ch_names) != geom["n_sensors"]:
         issues.append(f"{len(ch_names)} channels (the weights have "
                       f"{geom['n_sensors']})")
+    n_src = None
     if src is not None:
         n_src = sum(len(s["vertno"]) for s in src)
         subject = src[0].get("subject_his_id")
@@ -139,7 +140,7 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
         if not same:
             issues.append(f"a source space of {n_src} sources"
                           + (f" of subject {subject!r}" if subject else ""))
-    if n_unknowns is not None and n_unknowns != geom["n_sources"]:
+    if n_unknowns is not None and n_unknowns not in (geom["n_sources"], n_src):
         issues.append(f"{n_unknowns} unknowns in the solver's lead field "
                       "(the multi-scale model's atoms are not its sources)")
     if issues:

@@ -383,6 +383,34 @@ def run_demo(out=DEFAULT_OUT, *, model="deep-cb", seed=0, n_sources=3,
                 stc_true=stc_true, fwd=fwd, snr_db=snr_true)
 
 
+def _tied_geometry_error(model, montage, spacing, sensors):
+    """Why a Bias CB ``model`` cannot run on the demo's template geometry
+    (None if it can, or if it is another model): said before the template
+    forward is computed."""
+    from .core.weights import resolve_model, tied_geometry
+
+    if str(model).lower() == "cb":
+        return None
+    try:
+        with warnings.catch_warnings():  # a fallback is reported later
+            warnings.filterwarnings("ignore", message="Pretrained weights")
+            net, _, _ = resolve_model(model, True)
+    except (ValueError, OSError):  # reported where the model is loaded
+        return None
+    geom = tied_geometry(net)
+    if geom is None or geom["montage"] is None:
+        return None  # not tied, or tied by sizes only (checked later)
+    asked = (montage, spacing, sensors)
+    if asked == (geom["montage"], geom["spacing"], "eeg"):
+        return None
+    return (f"Bias CB weights are tied to the geometry they were trained on: "
+            f"the {geom['montage']!r} cap on the fsaverage {geom['spacing']} "
+            f"source space, EEG only; this run asks for --montage {montage} "
+            f"--spacing {spacing} --sensors {sensors}. Use --model deep-cb or "
+            "deep-attn-cb, which transfer to any montage and source space, "
+            "or --model cb")
+
+
 def run(args):
     """Run the demo from parsed command-line arguments; return 0."""
     low, high = args.snr_db
@@ -398,6 +426,10 @@ def run(args):
         out = _out_path(args.out, args.overwrite, flag="--overwrite")
     except (ValueError, OSError) as err:
         arg_error(args, f"argument --out: {err}")
+    tied = _tied_geometry_error(args.model, args.montage, args.spacing,
+                                args.sensors)
+    if tied:
+        arg_error(args, f"argument --model: {tied}")
     run_demo(out, model=args.model, seed=args.seed,
              n_sources=args.n_sources, snr_db=(low, high),
              n_times=args.n_times, sfreq=args.sfreq, montage=args.montage,

@@ -270,6 +270,7 @@ def run_localize(data, out, *, cov, fwd=None, template=False, condition=None,
         _check_channels(evoked, None, noise_cov)
     fwd, head = _forward(fwd_fname, template, inst, spacing, bem_ico)
     used = _check_channels(evoked, fwd, noise_cov)
+    _check_tied_model(model, model_spec, used, fwd)
     _fill_positions(evoked, fwd, printer)
     subject, brain_dir = _subjects(fwd, subjects_dir)
     if model_spec is not model:  # --loose / --source-model fit the forward?
@@ -389,6 +390,26 @@ def _check_methods(model, compare, loose, source_model):
             f"--loose/--source-model apply to a bare unfolded model name "
             f"(cb, deep-cb, ...) or a weights file, not --model {model!r}")
     return spec, compare
+
+
+def _check_tied_model(model, model_spec, used, fwd):
+    """A Bias CB (tied to its training cap and source space) on another
+    geometry fails here, before any computation, as a usage error."""
+    from ._checks import check_tied_geometry
+    from .core.weights import resolve_model
+    from .methods import UnfoldedModel, get_method
+
+    spec = model_spec if isinstance(model_spec, UnfoldedModel) else \
+        get_method(model_spec)
+    if not isinstance(spec, UnfoldedModel) or spec.model == "cb":
+        return
+    with warnings.catch_warnings():  # the fallback note is printed later
+        warnings.filterwarnings("ignore", message="Pretrained weights")
+        net, _, _ = resolve_model(spec.model, spec.learn_noise, spec.n_layers)
+    try:
+        check_tied_geometry(net, used, fwd["src"])
+    except ValueError as err:
+        raise LocalizeError(f"--model {model}: {err}") from None
 
 
 def _check_out(out, overwrite):

@@ -436,6 +436,14 @@ def test_bias_cb_is_tied_to_its_training_geometry(tmp_path, learn_noise):
             check_tied_geometry(net, ch_names, src)
         assert "'train-64' cap (64 channels) on the fsaverage ico3" in str(err.value)
         assert "model='deep-cb'" in str(err.value)
+    # the solver's unknowns: the sources (point model) or atoms (multi-scale)
+    check_tied_geometry(net, names, _ico_src(3), n_unknowns=1284)
+    with pytest.raises(ValueError, match="3000 unknowns"):
+        check_tied_geometry(net, names, _ico_src(3), n_unknowns=3000)
+    with pytest.raises(ValueError) as err:  # another source space, point model
+        check_tied_geometry(net, names, _ico_src(4), n_unknowns=5124)
+    assert "5124 sources" in str(err.value)
+    assert "unknowns" not in str(err.value)  # the atoms are not the cause
     # another training record: several geometries record none, the sizes
     # alone are checked
     net = _bias_net(tmp_path, 1284, 64, learn_noise, data_mode="bank",

@@ -147,6 +147,34 @@ def test_demo_sensors_errors(tmp_path, capsys):
     assert not (tmp_path / "y").exists()  # nothing done
 
 
+@pytest.mark.parametrize("argv, asked", [
+    (["--spacing", "ico4"], "--montage train-64 --spacing ico4 --sensors eeg"),
+    (["--montage", "biosemi32"], "--montage biosemi32 --spacing ico3"),
+    (["--sensors", "meg-eeg"], "--sensors meg-eeg"),
+])
+def test_demo_bias_cb_on_another_geometry(tmp_path, capsys, monkeypatch, argv,
+                                          asked):
+    """The bundled Bias CB runs on the demo's default geometry only; any
+    other is refused before the template forward, naming the fix."""
+    from mne_unfolded_sbl import datasets, demo
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("template forward computed before the error")
+
+    monkeypatch.setattr(demo, "make_template_forward", forbidden)
+    monkeypatch.setattr(datasets, "make_template_forward", forbidden)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(tmp_path / "x"), "--model", "bias-cb"] + argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    for text in ("argument --model", "'train-64' cap on the fsaverage ico3",
+                 asked, "--model deep-cb"):
+        assert text in err, (text, err)
+    # the default geometry passes this check; Deep CB is never tied
+    assert demo._tied_geometry_error("bias-cb", "train-64", "ico3", "eeg") is None
+    assert demo._tied_geometry_error("deep-cb", "biosemi32", "ico4", "meg") is None
+
+
 def test_out_path(tmp_path):
     from mne_unfolded_sbl.demo import _out_path
 

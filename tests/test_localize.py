@@ -321,3 +321,17 @@ def test_data_file_without_mne_suffix(files, tmp_path, capsys, no_compute):
     code, err = _error(capsys, [str(junk), "--fwd", f["fwd"], "--cov",
                                 "ad-hoc", "--out", str(tmp_path / "o")])
     assert code == 2 and "could not read" in err and "-epo.fif" in err
+
+
+def test_bias_cb_on_another_geometry(files, tmp_path, capsys, no_compute):
+    """The bundled Bias CB is tied to the training cap on ico3: a bad
+    channel makes another geometry, refused before any computation with
+    the models that transfer."""
+    f, _, _ = files
+    code, err = _error(capsys, [f["single"], "--fwd", f["fwd"], "--cov",
+                                "ad-hoc", "--model", "bias-cb", "--bads",
+                                "Fp1", "--out", str(tmp_path / "o")])
+    assert code == 2
+    for text in ("--model bias-cb", "'train-64' cap (64 channels)",
+                 "model='deep-cb'"):
+        assert text in err, (text, err)
