@@ -188,6 +188,14 @@ def set_benchmark_section(fname, section):
     return Path(fname)
 
 
+def _check_fraction(alpha):
+    """``alpha`` as a float in [0, 1] (a weight-mixing ratio)."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    return alpha
+
+
 def average_weights(fname_a, fname_b, alpha, fname_out):
     """Write the weight average ``(1 - alpha) a + alpha b`` of two networks.
 
@@ -216,9 +224,7 @@ def average_weights(fname_a, fname_b, alpha, fname_out):
     from ..core.weights import (load_weights, read_metadata, save_model,
                                 sha256)
 
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    alpha = _check_fraction(alpha)
     _, card = read_metadata(fname_b)
     net_a, net_b = load_weights(fname_a), load_weights(fname_b)
     # the networks' configs, with the defaults of settings older files lack
@@ -267,9 +273,7 @@ def shrink_weights(fname, alpha, fname_out):
     """
     from ..core.weights import load_weights, read_metadata, save_model, sha256
 
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    alpha = _check_fraction(alpha)
     _, card = read_metadata(fname)
     net = load_weights(fname)
     for module in net.modules():
