@@ -82,8 +82,9 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
 
     Bias CB holds one learned offset per sensor and per source of the lead
     field it was trained on, so it is only defined there: the same
-    channels in the same order (none marked bad) and the same source space
-    (fsaverage, the same ico spacing). Other networks pass.
+    channels (none marked bad; in any order when the weights record their
+    cap, whose channel names then say which offset is whose) and the same
+    source space (fsaverage, the same ico spacing). Other networks pass.
 
     Parameters
     ----------
@@ -97,6 +98,15 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
         orientation); None: the sources of ``src``. The multi-scale model's
         atoms are other unknowns than the sources the offsets belong to.
 
+    Returns
+    -------
+    order : ndarray of int | None
+        For the channels of a Bias CB with sensor offsets given in another
+        order than its cap's: the index of each of ``ch_names`` among the
+        cap's channels (apply it with
+        :func:`~mne_unfolded_sbl.core.weights.with_sensor_order`); None
+        when the order is the weights' own or does not matter.
+
     Raises
     ------
     ValueError
@@ -105,7 +115,7 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
     """
     geom = tied_geometry(net)
     if geom is None:
-        return
+        return None
     montage, spacing = geom["montage"], geom["spacing"]
     issues = []
     want = None
@@ -115,7 +125,13 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
         except Exception:  # a montage of another version: sizes only
             want = None
     ch_names = list(ch_names)
-    if want is not None and ch_names != list(want):
+    order = None
+    if (want is not None and ch_names != list(want)
+            and sorted(ch_names) == sorted(want)):  # the same cap, reordered
+        if geom["n_sensors"] is not None:
+            index = {name: i for i, name in enumerate(want)}
+            order = np.array([index[name] for name in ch_names])
+    elif want is not None and ch_names != list(want):
         extra = [n for n in ch_names if n not in want]
         missing = [n for n in want if n not in ch_names]
         what = (f"{len(extra)} channel(s) not in it ({extra[:5]})"
@@ -151,10 +167,11 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
                  else f"{sensors} x {geom['n_sources']} sources")
         raise ValueError(
             f"Bias CB weights are tied to the geometry they were trained on: "
-            f"{where}, the same channels in the same order, none marked bad. "
+            f"{where}, the same channels, none marked bad. "
             f"This problem has {' and '.join(issues)}. Use model='deep-cb' or "
             "'deep-attn-cb', which transfer to any montage and source space, "
             "or the classical model='cb'.")
+    return order
 
 
 def check_noise_cov_type(noise_cov):

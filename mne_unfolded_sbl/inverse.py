@@ -30,7 +30,7 @@ from .core.multiscale import prefer_multiscale
 from .core.network import MODELS, model_label
 from .core.solver import NullSpace, covariance_statistic, prepare
 from .core.weights import (check_finite_parameters, check_training_domain,
-                           load_model, resolve_model)
+                           load_model, resolve_model, with_sensor_order)
 from .source_models import (SourceModel, check_loose, check_pick_ori,
                             check_source_model)
 
@@ -587,7 +587,10 @@ def _solve(model, which, basis, op, Cy, nave, learn_noise, device, dtype,
     lf = _solver_lead_field(op, which, dev, tdtype)
     L_solver, L = lf.L, lf.tensor
     n_orient = 1 if basis is not None else sm.n_orient
-    check_tied_geometry(model, op.ch_names, sm.src, L.shape[1] // n_orient)
+    order = check_tied_geometry(model, op.ch_names, sm.src,
+                                L.shape[1] // n_orient)
+    if order is not None and learn_noise:  # a Bias CB's cap, reordered
+        model = with_sensor_order(model, order)
     # sources are vertices in the point model only (atoms otherwise)
     check_training_domain(model, L.shape[0],
                           L.shape[1] // n_orient if basis is None else None,

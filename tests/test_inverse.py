@@ -420,6 +420,18 @@ def test_bundled_bias_cb_on_its_geometry_only(easy):
     for c in np.argsort(p_true)[-2:]:
         d = np.linalg.norm(pos[np.argsort(p_est)[-4:]] - pos[c], axis=1)
         assert d.min() < 0.015
+    # the cap's channels in another order: the sensor offsets follow the
+    # channel names (same sources, same noise per channel)
+    kw = dict(model="bias-cb", dtype="float64", return_noise_cov=True,
+              verbose=False)
+    ref, noise = apply_unfolded_sbl(evoked, fwd, cov, **kw)
+    rev = evoked.copy().reorder_channels(evoked.ch_names[::-1])
+    out, noise_rev = apply_unfolded_sbl(rev, fwd, cov, **kw)
+    np.testing.assert_allclose(out.data, ref.data, rtol=0,
+                               atol=1e-9 * np.abs(ref.data).max())
+    lam = dict(zip(noise.ch_names, noise.data))
+    np.testing.assert_allclose(noise_rev.data,
+                               [lam[c] for c in noise_rev.ch_names], rtol=1e-9)
     bad = evoked.copy()
     bad.info["bads"] = [bad.ch_names[5]]
     with pytest.raises(ValueError, match=r"'train-64' cap \(64 channels\) on "

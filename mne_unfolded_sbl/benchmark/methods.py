@@ -44,6 +44,7 @@ from ..core._utils import DTYPES
 from ..core.multiscale import prefer_multiscale
 from ..core.network import MODELS
 from ..core.solver import convex_bounding, covariance_statistic, posterior_mean
+from ..core.weights import with_sensor_order
 # the settings live in the registry; re-exported for the CLI and runner
 from ..methods import (CB_MAX_ITER, CB_TOL, LAMBDA2, MXNE_ALPHA, N_LAYERS,
                        expand_stc)
@@ -277,12 +278,14 @@ class SBLMethod(Method):
                                   n_layers=n_layers)
             self.net = self.net.to(dtype=self._dtype).eval()
             try:
-                check_tied_geometry(self.net, problem.ch_names,
-                                    None if problem.fwd is None
-                                    else problem.fwd["src"],
-                                    self._L.shape[1] // self._n_orient)
+                order = check_tied_geometry(self.net, problem.ch_names,
+                                            None if problem.fwd is None
+                                            else problem.fwd["src"],
+                                            self._L.shape[1] // self._n_orient)
             except ValueError as err:
                 raise IncompatibleMethod(f"{self.key}: {err}") from None
+            if order is not None and self.learn_noise:
+                self.net = with_sensor_order(self.net, order)
         self.setup_seconds = time.perf_counter() - t0
 
     def _inputs(self, batch):

@@ -17,6 +17,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pooch
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,7 +30,7 @@ __all__ = ["channel_type_names", "check_finite_parameters", "check_training_doma
            "fetch_weights", "load_model",
            "load_weights", "read_metadata", "register_weights", "registry",
            "registry_key", "resolve_model", "save_model", "sha256",
-           "tied_geometry"]
+           "tied_geometry", "with_sensor_order"]
 
 REGISTRY_FILE = "registry.json"
 DEFAULT_N_LAYERS = 25
@@ -442,8 +443,9 @@ def tied_geometry(net):
 
     Bias CB learns one offset per source and per sensor of its training
     lead field: its weights mean something only on that montage (the same
-    channels in the same order) and that source space. Deep CB and Deep
-    Attn CB act pointwise on features and transfer to any geometry.
+    channels, whose names say which offset is whose:
+    :func:`with_sensor_order`) and that source space. Deep CB and Deep Attn
+    CB act pointwise on features and transfer to any geometry.
 
     Parameters
     ----------
@@ -463,6 +465,41 @@ def tied_geometry(net):
     return dict(montage=montage, spacing=spacing,
                 n_sensors=cfg.get("n_sensors") if net.learn_noise else None,
                 n_sources=cfg.get("n_sources"))
+
+
+def with_sensor_order(net, order):
+    """A copy of a Bias CB network whose sensor offsets follow ``order``.
+
+    Parameters
+    ----------
+    net : UnfoldedSBL
+        A joint Bias CB network (one offset per sensor and layer).
+    order : array-like of int
+        For each sensor of the data, the index of its offset in ``net``
+        (``check_tied_geometry`` of the MNE-facing layer gives it from
+        the channel names).
+
+    Returns
+    -------
+    net : UnfoldedSBL
+        A new network; ``net`` is not modified.
+    """
+    import copy
+
+    order = torch.as_tensor(np.asarray(order), dtype=torch.long)
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        for layer in out.layers:
+            corr = getattr(layer, "noise_correction", None)
+            if corr is None:
+                continue
+            if corr.bias.shape[0] != len(order) or sorted(
+                    order.tolist()) != list(range(len(order))):
+                raise ValueError(
+                    f"order must be a permutation of the network's "
+                    f"{corr.bias.shape[0]} sensors, got {len(order)} indices")
+            corr.bias.copy_(corr.bias[order])
+    return out
 
 
 def sha256(fname):

@@ -344,3 +344,29 @@ def test_shrink_weights(model, learn_noise, tmp_path):
     assert card["shrinkage"]["sha256"] == sha256(fname)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         shrink_weights(fname, -0.1, tmp_path / "x.safetensors")
+
+
+def test_with_sensor_order_follows_the_channels():
+    """Data whose sensors come in another order, with the offsets permuted
+    the same way, give the same sources and the same noise per sensor; the
+    offsets left in place give another estimate (they are per sensor)."""
+    from mne_unfolded_sbl.core.weights import with_sensor_order
+
+    L, Cy = _bias_problem()
+    M, N = L.shape
+    net = _perturbed_network("bias-cb", True, n_sources=N, n_sensors=M)
+    perm = torch.tensor(np.random.default_rng(3).permutation(M))
+    with torch.no_grad():
+        ref = net(L, Cy)
+        moved = with_sensor_order(net, perm)
+        out = moved(L[perm], Cy[:, perm][:, :, perm])
+        naive = net(L[perm], Cy[:, perm][:, :, perm])
+    torch.testing.assert_close(out.gamma, ref.gamma, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(out.lam, ref.lam[:, perm], rtol=1e-9, atol=0)
+    assert not torch.allclose(naive.gamma, ref.gamma, rtol=1e-3)
+    # the network itself is unchanged, the copy's offsets are permuted
+    b0 = net.layers[0].noise_correction.bias
+    torch.testing.assert_close(moved.layers[0].noise_correction.bias, b0[perm])
+    assert not torch.equal(moved.layers[0].noise_correction.bias, b0)
+    with pytest.raises(ValueError, match="permutation of the network's 12"):
+        with_sensor_order(net, [0, 0] + list(range(2, 12)))
