@@ -403,12 +403,13 @@ def _check_tied_model(model, model_spec, used, fwd):
         get_method(model_spec)
     if not isinstance(spec, UnfoldedModel) or spec.model == "cb":
         return
-    with warnings.catch_warnings():  # the fallback note is printed later
-        warnings.filterwarnings("ignore", message="Pretrained weights")
-        net, _, _ = resolve_model(spec.model, spec.learn_noise, spec.n_layers)
     try:
+        with warnings.catch_warnings():  # the fallback note is printed later
+            warnings.filterwarnings("ignore", message="Pretrained weights")
+            net, _, _ = resolve_model(spec.model, spec.learn_noise,
+                                      spec.n_layers)
         check_tied_geometry(net, used, fwd["src"])
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         raise LocalizeError(f"--model {model}: {err}") from None
 
 
