@@ -126,21 +126,22 @@ def check_tied_geometry(net, ch_names, src, n_unknowns=None):
             want = None
     ch_names = list(ch_names)
     order = None
-    if (want is not None and ch_names != list(want)
-            and sorted(ch_names) == sorted(want)):  # the same cap, reordered
-        if geom["n_sensors"] is not None:
-            index = {name: i for i, name in enumerate(want)}
-            order = np.array([index[name] for name in ch_names])
-    elif want is not None and ch_names != list(want):
+    if want is not None and ch_names != list(want):
         extra = [n for n in ch_names if n not in want]
         missing = [n for n in want if n not in ch_names]
-        what = (f"{len(extra)} channel(s) not in it ({extra[:5]})"
-                if extra else "")
-        if missing:
-            what += ("; " if what else "") + (f"{len(missing)} of its channel(s) "
-                                              f"missing or bad ({missing[:5]})")
-        issues.append(f"the channels differ from those of the {montage!r} cap "
-                      f"({len(want)}): {what or 'another order'}")
+        if not extra and not missing:  # the same cap, reordered
+            if geom["n_sensors"] is not None:
+                index = {name: i for i, name in enumerate(want)}
+                order = np.array([index[name] for name in ch_names])
+        else:
+            what = (f"{len(extra)} channel(s) not in it ({extra[:5]})"
+                    if extra else "")
+            if missing:
+                what += ("; " if what else "") + (
+                    f"{len(missing)} of its channel(s) missing or bad "
+                    f"({missing[:5]})")
+            issues.append(f"the channels differ from those of the {montage!r} "
+                          f"cap ({len(want)}): {what}")
     elif geom["n_sensors"] is not None and len(ch_names) != geom["n_sensors"]:
         issues.append(f"{len(ch_names)} channels (the weights have "
                       f"{geom['n_sensors']})")

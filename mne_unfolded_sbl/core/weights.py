@@ -64,11 +64,11 @@ def fetch_weights(key):
     reg = registry()
     if key not in reg:
         family, _, mode = key.rpartition("_")
-        other = {"joint": ("source", False), "source": ("joint", True)}.get(mode)
+        twin = {"joint": "source", "source": "joint"}.get(mode)
         hint = ""
-        if other is not None and f"{family}_{other[0]}" in reg:
+        if twin is not None and f"{family}_{twin}" in reg:
             hint = (f" The same family is registered with learn_noise="
-                    f"{other[1]} ({family}_{other[0]!s}).")
+                    f"{twin == 'joint'} ({family}_{twin}).")
         raise ValueError(
             f"No pretrained weights named {key!r} are registered in this "
             f"version (available: {sorted(reg) or 'none'}).{hint} Use "
@@ -486,19 +486,21 @@ def with_sensor_order(net, order):
     """
     import copy
 
+    if net.model != "bias-cb" or not net.learn_noise:
+        raise ValueError("Only a joint Bias CB network has sensor offsets to "
+                         f"reorder, got model={net.model!r}, learn_noise="
+                         f"{net.learn_noise}.")
+    n_sensors = net.config["n_sensors"]
     order = torch.as_tensor(np.asarray(order), dtype=torch.long)
+    if sorted(order.tolist()) != list(range(n_sensors)):
+        raise ValueError(f"order must be a permutation of the network's "
+                         f"{n_sensors} sensors, got {len(order)} indices")
     out = copy.deepcopy(net)
     with torch.no_grad():
         for layer in out.layers:
-            corr = getattr(layer, "noise_correction", None)
-            if corr is None:
-                continue
-            if corr.bias.shape[0] != len(order) or sorted(
-                    order.tolist()) != list(range(len(order))):
-                raise ValueError(
-                    f"order must be a permutation of the network's "
-                    f"{corr.bias.shape[0]} sensors, got {len(order)} indices")
-            corr.bias.copy_(corr.bias[order])
+            if layer.noise_correction is not None:
+                layer.noise_correction.bias.copy_(
+                    layer.noise_correction.bias[order])
     return out
 
 

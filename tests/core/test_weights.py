@@ -370,3 +370,5 @@ def test_with_sensor_order_follows_the_channels():
     assert not torch.equal(moved.layers[0].noise_correction.bias, b0)
     with pytest.raises(ValueError, match="permutation of the network's 12"):
         with_sensor_order(net, [0, 0] + list(range(2, 12)))
+    with pytest.raises(ValueError, match="Only a joint Bias CB"):
+        with_sensor_order(UnfoldedSBL(3, "deep-cb", True), range(12))
